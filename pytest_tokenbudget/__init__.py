@@ -1,0 +1,8 @@
+"""pytest-tokenbudget: LLM token spend as a tested, reviewable property of an agent codebase."""
+
+from __future__ import annotations
+
+from .records import LLMCall, ToolCall, Usage
+
+__all__ = ["LLMCall", "ToolCall", "Usage"]
+__version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""From raw evidence (finished spans, recorded HTTP interactions) to priced records and their findings.
+
+Spans are the primary source (they carry parentage, tool runs and SDK resends). Recorded HTTP traffic fills
+in what spans cannot give: request bodies (cache_control, the prompt prefix), and whole calls from SDKs that
+emit no spans (openai). The same response seen both ways counts once (response id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from . import budgets, detectors, spans, traffic
+from .pricing import Rates, price_calls
+from .records import LLMCall, ToolCall, Usage
+
+
+@dataclass(frozen=True)
+class Settings:
+    price_overrides: Mapping[str, Rates] = field(default_factory=dict)
+    detectors: detectors.DetectorSettings = field(default_factory=detectors.DetectorSettings)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    calls: tuple[LLMCall, ...]
+    tools: tuple[ToolCall, ...]
+    """Tool runs reported by ``execute_tool`` spans."""
+    tool_calls: tuple[detectors.ToolEvent, ...]
+    """Every tool call once, executed or only requested, in order (see `toolcalls`)."""
+    usage: Usage
+    analysis: detectors.Analysis
+
+    def figures(self) -> dict[str, int | float | None]:
+        """Every figure a budget key can be held against (usage and detector metrics)."""
+        values: dict[str, int | float | None] = dict(self.usage.as_dict())
+        values.update(self.analysis.metrics)
+        return values
+
+    def unknown_reason(self, key: str) -> str:
+        usage = self.usage
+        if key == "cost_usd" and usage.unpriced_models:
+            return (
+                f"no price for model(s) {', '.join(usage.unpriced_models)}; add a line to the "
+                "tokenbudget_prices ini option (MODEL input=USD_PER_MTOK output=USD_PER_MTOK)"
+            )
+        if usage.unknown_calls:
+            return f"{usage.unknown_calls} LLM call(s) reported no token usage (see the table's 'unknown' column)"
+        if key in ("duplicate_context_tokens", "max_duplicate_context_tokens", "forbid_preamble",
+                   "max_preamble_rate") and self.analysis.metrics.get("duplicate_context_tokens") is None:
+            from .tokens import unavailable_reason
+
+            return unavailable_reason() or "content was not recorded on the spans"
+        return "no LLM call reported it"
+
+    def check(self, limits: Mapping[str, Any]) -> list[budgets.Violation]:
+        return budgets.evaluate(
+            limits,
+            self.figures(),
+            unknown_reason=self.unknown_reason,
+            explain=lambda key: detectors.explain(key, self.analysis),
+        )
+
+    def top_calls(self, n: int = 3) -> list[LLMCall]:
+        def weight(call: LLMCall) -> tuple[float, int]:
+            return (call.cost_usd or 0.0, call.total_tokens or 0)
+
+        return sorted((c for c in self.calls if c.error is None), key=weight, reverse=True)[:n]
+
+
+def http_calls(interactions: Iterable[tuple[Any, Any]]) -> list[LLMCall]:
+    """LLM calls from (vcr request, response dict) pairs the cassette played or recorded, in order."""
+    calls: list[LLMCall] = []
+    for request, response in interactions:
+        try:
+            call = traffic.call_from_interaction(traffic.interaction_from_vcr(request, response))
+        except Exception:  # a body we cannot read is not a call we can count; spans may still have it
+            continue
+        if call is not None:
+            calls.append(call)
+    return calls
+
+
+def combine(span_calls: Sequence[LLMCall], recorded: Sequence[LLMCall]) -> list[LLMCall]:
+    """Span records enriched with the recorded request body, plus the calls no span reported.
+
+    With spans present, recorded error responses without a response id are the SDK's retried attempts of a call
+    whose span already counts them (``http.request.resend_count``), so only successful responses are added.
+    Without spans (e.g. the openai SDK emits none) the recorded calls are the whole story, in cassette order.
+    """
+    if not span_calls:
+        return list(recorded)
+    by_id = {c.response_id: c for c in recorded if c.response_id}
+    combined: list[LLMCall] = []
+    for call in span_calls:
+        match = by_id.pop(call.response_id, None) if call.response_id else None
+        if match is not None:
+            call = spans.merge_duplicates([call, match])[0]
+        combined.append(call)
+    combined.extend(by_id.values())
+    return combined
+
+
+def measure(
+    finished: Iterable[ReadableSpan],
+    interactions: Iterable[tuple[Any, Any]] = (),
+    settings: Settings | None = None,
+) -> Measurement:
+    settings = settings or Settings()
+    span_calls, tools = spans.normalise(finished)
+    calls = price_calls(combine(span_calls, http_calls(interactions)), settings.price_overrides)
+    analysis = detectors.analyse(calls, tools, settings.detectors)
+    merged = detectors.merge_tool_calls(calls, tools)
+    return Measurement(tuple(calls), tuple(tools), merged, Usage.of(calls, merged), analysis)

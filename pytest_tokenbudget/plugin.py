@@ -1,0 +1,314 @@
+"""pytest hooks, options and fixtures of pytest-tokenbudget. The work happens in the modules below this one.
+
+Heavy modules (vcrpy, OpenTelemetry, the detectors) are imported when the session starts, not when pytest
+loads plugins: importing vcrpy early would stop pytest-recording from registering its assertion rewriting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import budgets
+
+if TYPE_CHECKING:
+    from . import detectors
+    from .measure import Settings
+    from .records import LLMCall, Usage
+    from .result import TestResult
+    from .run import TestRun
+
+MARKER = "tokenbudget"
+RECORD_MODE_ENV = "TOKENBUDGET_RECORD_MODE"
+RECORD_MODES = ("none", "once", "new_episodes", "all")
+RUN_KEY = pytest.StashKey["TestRun"]()
+RESULT_KEY = pytest.StashKey["TestResult"]()
+OUTCOME_KEY = pytest.StashKey[str]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tokenbudget", "token budgets for LLM agent tests")
+    group.addoption(
+        "--tokenbudget-record-mode",
+        choices=RECORD_MODES,
+        default=None,
+        help=f"vcrpy record mode for marked tests (env {RECORD_MODE_ENV}); default 'none': never reach the network",
+    )
+    group.addoption("--tokenbudget-disable", action="store_true", help="turn pytest-tokenbudget off entirely")
+    parser.addini("tokenbudget_cassette_dir", "cassette directory, relative to the ini file's folder",
+                  default="cassettes")
+    parser.addini("tokenbudget_default_limits", "limits for every marked test, e.g. 'total_tokens=200000 "
+                  "cost_usd=0.50'; a marker overrides key by key", default="")
+    parser.addini("tokenbudget_prices", "price overrides, one per line: 'MODEL input=3 output=15 "
+                  "[cache_read=0.3] [cache_write=3.75]' (USD per million tokens)", type="linelist", default=[])
+    parser.addini("tokenbudget_min_prefix_tokens", "shortest re-sent prefix reported as uncached (tokens)",
+                  default="1024")
+    parser.addini("tokenbudget_preamble_patterns", "preamble regexes, one per line; a first line 'replace' "
+                  "drops the built-in list, otherwise the lines extend it", type="linelist", default=[])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "tokenbudget(**limits, cassette=None): measure the test's LLM spend from OpenTelemetry spans, replay its "
+        f"vcrpy cassette, and fail it over budget. Limits: {', '.join(budgets.LIMITS)}",
+    )
+    if config.getoption("--tokenbudget-disable"):
+        return
+    config.pluginmanager.register(TokenBudgetPlugin(config), "tokenbudget-session")
+
+
+def _record_mode(config: pytest.Config) -> str:
+    mode = config.getoption("--tokenbudget-record-mode") or os.environ.get(RECORD_MODE_ENV) or "none"
+    if mode not in RECORD_MODES:
+        raise pytest.UsageError(f"{RECORD_MODE_ENV}={mode!r}: must be one of {', '.join(RECORD_MODES)}")
+    return mode
+
+
+def _settings(config: pytest.Config) -> tuple[Settings, dict[str, Any]]:
+    from . import detectors
+    from .measure import Settings
+    from .pricing import PriceConfigError, parse_price_overrides
+
+    try:
+        overrides = parse_price_overrides(config.getini("tokenbudget_prices"))
+    except PriceConfigError as err:
+        raise pytest.UsageError(f"ini option {err}") from None
+    try:
+        defaults = budgets.parse_limits(config.getini("tokenbudget_default_limits"))
+    except budgets.LimitError as err:
+        raise pytest.UsageError(f"ini option tokenbudget_default_limits: {err}") from None
+    raw_prefix = str(config.getini("tokenbudget_min_prefix_tokens")).strip()
+    if not raw_prefix.isdigit():
+        raise pytest.UsageError(
+            f"ini option tokenbudget_min_prefix_tokens: {raw_prefix!r} is not a whole number of tokens"
+        )
+    try:
+        patterns = detectors.preamble_patterns_from_ini(config.getini("tokenbudget_preamble_patterns"))
+    except ValueError as err:
+        raise pytest.UsageError(f"ini option tokenbudget_preamble_patterns: {err}") from None
+    detector_settings = detectors.DetectorSettings(min_prefix_tokens=int(raw_prefix), preamble_patterns=patterns)
+    return Settings(price_overrides=overrides, detectors=detector_settings), defaults
+
+
+def marker_limits(item: pytest.Item, defaults: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The item's limits (ini defaults, then module/class/function markers, closest last) and cassette name."""
+    limits = dict(defaults)
+    cassette: str | None = None
+    for mark in reversed(list(item.iter_markers(MARKER))):
+        if mark.args:
+            raise budgets.LimitError(f"takes keyword arguments only, got positional {mark.args!r}")
+        kwargs = dict(mark.kwargs)
+        if "cassette" in kwargs:
+            cassette = kwargs.pop("cassette")
+            if not isinstance(cassette, str) or not cassette or "/" in cassette or "\\" in cassette:
+                raise budgets.LimitError(f"cassette={cassette!r}: must be a file name such as 'review.yaml'")
+        limits.update(budgets.validate_limits(kwargs))
+    return limits, cassette
+
+
+class TokenBudgetPlugin:
+    """Session state: the span capture, settings, and the results gathered from every (worker's) test."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from .capture import SpanCapture, enable_content_mode
+
+        self.config = config
+        self.record_mode = _record_mode(config)
+        self.settings, self.default_limits = _settings(config)
+        self.capture = SpanCapture()
+        self.results: list[TestResult] = []
+        enable_content_mode()
+        base = config.inipath.parent if config.inipath else config.rootpath
+        self.cassette_dir = base / str(config.getini("tokenbudget_cassette_dir"))
+
+    def is_measured(self, item: pytest.Item) -> bool:
+        return item.get_closest_marker(MARKER) is not None or "tokenbudget" in getattr(item, "fixturenames", ())
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_pycollect_makeitem(self, collector: pytest.Collector, name: str, obj: object) -> Any:
+        made = yield
+        for item in made if isinstance(made, list) else [made]:
+            if isinstance(item, pytest.Item) and item.get_closest_marker(MARKER) is not None:
+                try:
+                    marker_limits(item, {})
+                except budgets.LimitError as err:
+                    raise pytest.Collector.CollectError(
+                        f"{item.nodeid}: @pytest.mark.{MARKER}: {err}"
+                    ) from None
+        return made
+
+    def _new_run(self, item: pytest.Item) -> TestRun:
+        from . import cassettes
+        from .run import TestRun
+
+        limits, cassette = marker_limits(item, self.default_limits)
+        external = None
+        path: Path | None = None
+        if item.get_closest_marker("vcr") is not None and self.config.pluginmanager.has_plugin("recording"):
+            external = True  # pytest-recording patches this test; reading its cassette avoids double patching
+        else:
+            try:
+                module = item.path.relative_to(self.config.rootpath).as_posix()
+            except ValueError:
+                module = item.path.name
+            path = cassettes.cassette_path(self.cassette_dir, module, item.name, cassette)
+        return TestRun(
+            nodeid=item.nodeid, limits=limits, capture=self.capture, settings=self.settings,
+            cassette_path=path, record_mode=self.record_mode, external_cassette=external,
+        )
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        if self.is_measured(item):
+            from .capture import CaptureError
+            from .cassettes import CassetteError
+
+            run = self._new_run(item)
+            item.stash[RUN_KEY] = run
+            try:
+                run.start()
+            except CaptureError as err:
+                raise pytest.UsageError(str(err)) from None
+            except CassetteError as err:
+                run.stop()
+                del item.stash[RUN_KEY]
+                pytest.fail(str(err), pytrace=False)
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        run = item.stash.get(RUN_KEY, None)
+        result = yield
+        if run is not None:
+            if run.external_cassette is True:
+                run.external_cassette = getattr(item, "funcargs", {}).get("vcr")
+            measurement = run.measure()
+            violations = run.violations(measurement)
+            if run.misses:
+                pytest.fail("\n\n".join(run.misses), pytrace=False)
+            if violations:
+                pytest.fail(run.failure_message(measurement, violations), pytrace=False)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+        result = yield
+        run = item.stash.get(RUN_KEY, None)
+        if run is None:
+            return result
+        run.stop()
+        measurement = run.measure()
+        test_result = run.result(measurement)
+        item.stash[RESULT_KEY] = test_result
+        for key in ("total_tokens", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+                    "cost_usd", "llm_calls", "tool_calls"):
+            item.user_properties.append((f"tokenbudget.{key}", test_result.usage.get(key)))
+        item.user_properties.append(("tokenbudget.status", test_result.status))
+        call_outcome = item.stash.get(OUTCOME_KEY, "passed")
+        if call_outcome == "passed" and test_result.violations:
+            # Spent during teardown (a fixture's finaliser): the call phase could not see it.
+            pytest.fail(run.failure_message(measurement, run.violations(measurement)) if not run.misses
+                        else "\n\n".join(run.misses), pytrace=False)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+        report = yield
+        if RUN_KEY not in item.stash:
+            return report
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            outcome = report.outcome
+            if hasattr(report, "wasxfail"):
+                outcome = "xfailed" if report.outcome == "skipped" else "xpassed"
+            item.stash[OUTCOME_KEY] = outcome
+        if report.when == "teardown" and RESULT_KEY in item.stash:
+            data = item.stash[RESULT_KEY].to_dict()
+            data["outcome"] = item.stash.get(OUTCOME_KEY, "passed")
+            report.tokenbudget = data
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "tokenbudget", None)
+        if report.when == "teardown" and data is not None:
+            from .result import TestResult
+
+            self.results.append(TestResult.from_dict(data))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.results:
+            return
+        from .report import summary_line, terminal_table
+
+        if self.config.get_verbosity() < 0:
+            terminalreporter.write_line(summary_line(self.results))
+            return
+        terminalreporter.section("token budget")
+        terminalreporter.write_line(terminal_table(self.results))
+
+
+
+class TokenBudget:
+    """What the running test has spent so far (live), and named scenarios with their own limits."""
+
+    def __init__(self, run: TestRun) -> None:
+        self._run = run
+
+    @property
+    def usage(self) -> Usage:
+        return self._run.measure().usage
+
+    @property
+    def llm_calls(self) -> tuple[LLMCall, ...]:
+        return self._run.measure().calls
+
+    @property
+    def tool_calls(self) -> tuple[detectors.ToolEvent, ...]:
+        """Every tool call once (executed or only requested by a response), in order."""
+        return self._run.measure().tool_calls
+
+    @property
+    def spans(self) -> tuple[Any, ...]:
+        return self._run.capture.spans()
+
+    @property
+    def findings(self) -> tuple[detectors.Finding, ...]:
+        return self._run.measure().analysis.findings
+
+    @property
+    def metrics(self) -> dict[str, int | float | None]:
+        return dict(self._run.measure().analysis.metrics)
+
+    @contextmanager
+    def scenario(self, name: str, **limits: Any) -> Iterator[TokenBudget]:
+        """Measure the block on its own and hold it to ``limits``; a violation fails the test, naming ``name``."""
+        __tracebackhide__ = True
+        try:
+            checked = budgets.validate_limits(limits)
+        except budgets.LimitError as err:
+            pytest.fail(f"tokenbudget.scenario({name!r}): {err}", pytrace=False)
+        span_mark, http_mark = len(self._run.capture.spans()), len(self._run.interactions())
+        yield self
+        measurement = self._run.measure(span_mark, http_mark)
+        violations = measurement.check(checked)
+        self._run.scenarios.append({
+            "name": name, "limits": checked, "usage": measurement.usage.as_dict(),
+            "metrics": dict(measurement.analysis.metrics), "violations": [v.message for v in violations],
+        })
+        if violations:
+            pytest.fail(self._run.failure_message(measurement, violations, scope=name), pytrace=False)
+
+
+@pytest.fixture
+def tokenbudget(request: pytest.FixtureRequest) -> TokenBudget:
+    """Live token usage of the running test; using it measures the test even without the marker."""
+    run = request.node.stash.get(RUN_KEY, None)
+    if run is None:
+        pytest.fail("the tokenbudget fixture is unavailable: pytest-tokenbudget is disabled (--tokenbudget-disable)",
+                    pytrace=False)
+    return TokenBudget(run)

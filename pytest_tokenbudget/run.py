@@ -1,0 +1,107 @@
+"""One measured test from start to verdict, with no knowledge of pytest.
+
+`TestRun` opens the span capture and the cassette, measures on demand (live, for the fixture), and turns the
+final measurement into a `TestResult` with its budget verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import budgets, cassettes
+from .capture import SpanCapture
+from .measure import Measurement, Settings, measure
+from .result import STATUS_MEASURED, STATUS_OK, STATUS_OVER, STATUS_UNKNOWN, STATUS_WARN, CallSummary, TestResult
+
+
+@dataclass
+class TestRun:
+    nodeid: str
+    limits: Mapping[str, Any]
+    capture: SpanCapture
+    settings: Settings
+    cassette_path: Path | None = None
+    record_mode: str = "none"
+    warn_ratio: float = 0.8
+    external_cassette: Any = None
+    """A cassette someone else opened (pytest-recording's ``vcr`` fixture); read, never opened twice."""
+    scenarios: list[dict[str, Any]] = field(default_factory=list)
+    _stack: ExitStack = field(default_factory=ExitStack)
+    _cassette: Any = None
+
+    def start(self) -> None:
+        self._stack.enter_context(self.capture.capturing())
+        if self.cassette_path is not None:
+            self._cassette = self._stack.enter_context(
+                cassettes.use_cassette(
+                    self.cassette_path, self.record_mode, self.nodeid,
+                    drop_unused_requests=self.record_mode == "all",
+                )
+            )
+
+    def stop(self) -> None:
+        self._stack.close()
+
+    @property
+    def misses(self) -> list[str]:
+        return list(getattr(self._cassette, "misses", []))
+
+    def interactions(self) -> list[tuple[Any, Any]]:
+        if self._cassette is not None:
+            return list(self._cassette.seen)
+        if self.external_cassette is not None:
+            return list(getattr(self.external_cassette, "data", []))
+        return []
+
+    def measure(self, since_span: int = 0, since_interaction: int = 0) -> Measurement:
+        spans = self.capture.spans()[since_span:]
+        return measure(spans, self.interactions()[since_interaction:], self.settings)
+
+    def violations(self, measurement: Measurement) -> list[budgets.Violation]:
+        return measurement.check(self.limits)
+
+    def failure_message(self, measurement: Measurement, violations: list[budgets.Violation],
+                        scope: str | None = None) -> str:
+        where = f"scenario {scope!r} of {self.nodeid}" if scope else self.nodeid
+        lines = [f"token budget exceeded for {where}"]
+        lines += [f"  {v.message}" for v in violations]
+        top = measurement.top_calls()
+        if top:
+            lines.append("  most expensive calls:")
+            lines += [f"    {i}. {CallSummary.of(c).describe()}" for i, c in enumerate(top, 1)]
+        return "\n".join(lines)
+
+    def result(self, measurement: Measurement) -> TestResult:
+        violations = self.violations(measurement)
+        figures = measurement.figures()
+        ratios = budgets.usage_ratios(self.limits, figures)
+        warnings = [
+            f"{key}: {ratio:.0%} of its limit used"
+            for key, ratio in sorted(ratios.items())
+            if self.warn_ratio <= ratio <= 1
+        ]
+        if violations:
+            status = STATUS_OVER
+        elif not self.limits:
+            status = STATUS_UNKNOWN if measurement.usage.unknown_calls else STATUS_MEASURED
+        elif warnings:
+            status = STATUS_WARN
+        else:
+            status = STATUS_OK
+        return TestResult(
+            nodeid=self.nodeid,
+            usage=measurement.usage.as_dict(),
+            limits=dict(self.limits),
+            metrics=dict(measurement.analysis.metrics),
+            findings=measurement.analysis.as_dict()["findings"],
+            violations=[v.message for v in violations] + self.misses,
+            warnings=warnings,
+            top_calls=[CallSummary.of(c) for c in measurement.top_calls()],
+            scenarios=list(self.scenarios),
+            cassette=None if self.cassette_path is None else str(self.cassette_path),
+            status=STATUS_OVER if self.misses else status,
+        )
