@@ -37,7 +37,10 @@ LIMITS: dict[str, LimitSpec] = {
         LimitSpec("max_identical_tool_calls", "max_identical", "max", "int", "same tool+arguments anywhere"),
         LimitSpec("min_cache_hit_rate", "cache_hit_rate", "min", "rate", "cache-read / all input tokens"),
         LimitSpec(
-            "max_duplicate_context_tokens", "duplicate_context_tokens", "max", "int",
+            "max_duplicate_context_tokens",
+            "duplicate_context_tokens",
+            "max",
+            "int",
             "tokens of one content block sent uncached to sibling calls",
         ),
         LimitSpec("forbid_preamble", "preambles", "forbid", "bool", "no answer opens with a sycophantic preamble"),
@@ -157,6 +160,8 @@ def evaluate(
         elif actual is not None and isinstance(actual, (int, float)) and spec.kind == "max" and limit:
             headline += f" (+{(actual - limit) / limit:.1%})"
         detail = explain(key) if explain and key not in USAGE_KEYS else ""
+        # Every line of the evidence sits under its headline (a multi-line detail keeps its own nesting).
+        detail = detail.replace("\n", "\n    ")
         violations.append(Violation(key, actual, limit, headline + (f"\n    {detail}" if detail else "")))
     return violations
 

@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import re
-import tempfile
+import sys
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,25 @@ from vcr.record_mode import RecordMode
 from vcr.serialize import deserialize, serialize
 from vcr.serializers import yamlserializer
 
+from .atomic import write_atomic
+
 RECORD_MODES = ("none", "once", "new_episodes", "all")
 REDACTED = "REDACTED"
 SECRET_HEADERS = frozenset(
     {
-        "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie",
-        "x-goog-api-key", "anthropic-admin-key", "openai-api-key",
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "cookie",
+        "set-cookie",
+        "x-goog-api-key",
+        "anthropic-admin-key",
+        "openai-api-key",
     }
 )
+VOLATILE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+"""Trace context differs on every run; never matched, so dropped to keep re-recorded cassettes diffable."""
 SECRET_HEADER_WORDS = re.compile(r"(api[-_]?key|secret|token|password|session|auth)", re.IGNORECASE)
 SECRET_QUERY = re.compile(r"^(key|api[-_]?key|apikey|access[-_]?token|token|secret|password|sig|signature)$", re.I)
 SECRET_VALUE = re.compile(
@@ -53,37 +64,35 @@ class CassetteError(Exception):
     """A cassette file that cannot be read; the message names it and says how to fix it."""
 
 
-class _SDKErrors:
-    """The SDK base errors a miss must also be, so the SDK re-raises it unwrapped and does not retry."""
+class CassetteMiss(CannotOverwriteExistingCassetteException):  # type: ignore[misc]
+    """A request that is not in the cassette while recording is off."""
 
-    @staticmethod
-    def bases() -> tuple[type[BaseException], ...]:
-        bases: list[type[BaseException]] = [CannotOverwriteExistingCassetteException]
-        try:
-            import anthropic
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
 
-            bases.append(anthropic.AnthropicError)
-        except ImportError:  # pragma: no cover - anthropic is a dependency
-            pass
-        try:
-            import openai
-
-            bases.append(openai.OpenAIError)
-        except ImportError:
-            pass
-        return tuple(bases)
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
-CassetteMiss: type[Exception] = type(
-    "CassetteMiss",
-    _SDKErrors.bases(),
-    {
-        "__doc__": "A request that is not in the cassette while recording is off.",
-        "__init__": lambda self, message: Exception.__init__(self, message),
-        "__str__": lambda self: str(self.args[0]),
-        "__module__": __name__,
-    },
-)
+SDK_ERRORS = (("anthropic", "AnthropicError"), ("openai", "OpenAIError"))
+"""Base errors of SDKs that re-raise their own errors unwrapped and do not retry them."""
+
+
+@functools.cache
+def _miss_type(bases: tuple[type[BaseException], ...]) -> type[CassetteMiss]:
+    return type("CassetteMiss", (CassetteMiss, *bases), {"__module__": __name__})
+
+
+def cassette_miss(message: str) -> CassetteMiss:
+    """A `CassetteMiss` that is also an error of every SDK already imported, so that SDK fails at once instead of
+    retrying a connection error. An SDK that was never imported cannot have sent the request, so none is imported
+    here (importing openai costs most of a second)."""
+    bases = tuple(
+        getattr(sys.modules[module], name)
+        for module, name in SDK_ERRORS
+        if module in sys.modules and hasattr(sys.modules[module], name)
+    )
+    return _miss_type(bases)(message)
 
 
 def scrub_text(text: str) -> str:
@@ -106,7 +115,9 @@ def _scrub_body(body: Any) -> Any:
 def scrub_request(request: Any) -> Any:
     """vcrpy ``before_record_request``: also applied to live requests before matching, so both sides agree."""
     for name in list(request.headers):
-        if name.lower() in SECRET_HEADERS or SECRET_HEADER_WORDS.search(name):
+        if name.lower() in VOLATILE_HEADERS:
+            del request.headers[name]
+        elif name.lower() in SECRET_HEADERS or SECRET_HEADER_WORDS.search(name):
             request.headers[name] = REDACTED
         else:
             request.headers[name] = scrub_text(str(request.headers[name]))
@@ -186,22 +197,6 @@ class AtomicPersister:
         write_atomic(Path(cassette_path), serialize(cassette_dict, serializer))
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def describe_request(request: Any) -> str:
     """``POST /v1/messages (model claude-x, last user message "Review this diff ...")`` for error messages."""
     parts = urlsplit(request.uri)
@@ -252,12 +247,17 @@ class TrackingCassette(Cassette):  # type: ignore[misc]
         self.seen: list[tuple[Any, Any]] = []
         self.misses: list[str] = []
 
+    def _load(self) -> None:
+        super()._load()
+        # vcrpy loads the file through `append`: those interactions are not seen until the test plays them.
+        self.seen.clear()
+
     def can_play_response_for(self, request: Any) -> bool:
         playable = bool(super().can_play_response_for(request))
         if not playable and self.write_protected and self.filter_request(request):
             message = self.miss_hint(request)
             self.misses.append(message)
-            raise CassetteMiss(message)
+            raise cassette_miss(message)
         return playable
 
     def play_response(self, request: Any) -> Any:
@@ -287,6 +287,19 @@ def cassette_path(directory: Path, module_path: str, test_name: str, override: s
     if not name.endswith((".yaml", ".yml", ".json")):
         name += ".yaml"
     return directory / stem / name
+
+
+def played_interactions(cassette: Any) -> list[tuple[Any, Any]]:
+    """What a plain vcrpy cassette someone else opened (pytest-recording's) played or recorded, in order.
+
+    Its ``data`` holds every interaction loaded from the file; a test that plays only some of them must not be
+    charged for the rest. ``play_counts`` remembers the played indices in the order first played, and whatever
+    was recorded during the test follows the loaded entries.
+    """
+    data = list(getattr(cassette, "data", []))
+    counts = getattr(cassette, "play_counts", {})
+    loaded = getattr(cassette, "_loaded_count", len(getattr(cassette, "_old_interactions", data)))
+    return [data[index] for index, count in counts.items() if count and index < loaded] + data[loaded:]
 
 
 def rerecord_command(nodeid: str, path: Path) -> str:

@@ -213,7 +213,9 @@ def _identical_message(data: Mapping[str, Any], limit: object = None) -> str:
 def _identical_where(data: Mapping[str, Any]) -> str:
     turns = sorted({t for t in data["turns"] if t is not None})
     where = f"calls {_numbers(data['calls'])}"
-    return where + (f" (turns {_numbers(turns)})" if turns else "")
+    if not turns:
+        return where
+    return where + (f" (turn {turns[0]})" if len(turns) == 1 else f" (turns {_numbers(turns)})")
 
 
 def _identical_findings(events: Sequence[ToolEvent]) -> tuple[int, Finding | None]:

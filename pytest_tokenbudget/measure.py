@@ -49,8 +49,10 @@ class Measurement:
             )
         if usage.unknown_calls:
             return f"{usage.unknown_calls} LLM call(s) reported no token usage (see the table's 'unknown' column)"
-        if key in ("duplicate_context_tokens", "max_duplicate_context_tokens", "forbid_preamble",
-                   "max_preamble_rate") and self.analysis.metrics.get("duplicate_context_tokens") is None:
+        if (
+            key in ("duplicate_context_tokens", "max_duplicate_context_tokens", "forbid_preamble", "max_preamble_rate")
+            and self.analysis.metrics.get("duplicate_context_tokens") is None
+        ):
             from .tokens import unavailable_reason
 
             return unavailable_reason() or "content was not recorded on the spans"

@@ -15,6 +15,8 @@ STATUS_WARN = "warn"
 STATUS_OVER = "over"
 STATUS_UNKNOWN = "unknown"
 STATUS_MEASURED = "measured"
+STATUS_REGRESSED = "regressed"
+"""Within its limits, but a figure grew beyond its baseline tolerance (see `baseline`)."""
 
 
 @dataclass
@@ -28,16 +30,24 @@ class CallSummary:
 
     @classmethod
     def of(cls, call: LLMCall) -> CallSummary:
-        return cls(call.model, call.input_tokens, call.cache_read_tokens, call.cache_write_tokens,
-                   call.output_tokens, None if call.cost_usd is None else round(call.cost_usd, 8))
+        return cls(
+            call.model,
+            call.input_tokens,
+            call.cache_read_tokens,
+            call.cache_write_tokens,
+            call.output_tokens,
+            None if call.cost_usd is None else round(call.cost_usd, 8),
+        )
 
     def describe(self) -> str:
         def n(value: int | None) -> str:
             return "?" if value is None else f"{value:,}"
 
         cost = "unpriced" if self.cost_usd is None else f"${self.cost_usd:.4f}"
-        return (f"{self.model or '?'}: input {n(self.input_tokens)} (cache read {n(self.cache_read_tokens)}, "
-                f"write {n(self.cache_write_tokens)}), output {n(self.output_tokens)}, {cost}")
+        return (
+            f"{self.model or '?'}: input {n(self.input_tokens)} (cache read {n(self.cache_read_tokens)}, "
+            f"write {n(self.cache_write_tokens)}), output {n(self.output_tokens)}, {cost}"
+        )
 
 
 @dataclass
@@ -56,6 +66,10 @@ class TestResult:
     status: str = STATUS_MEASURED
     outcome: str = "passed"
     """The pytest outcome of the test (passed, failed, xfailed ...), filled in by the plugin."""
+    baseline: dict[str, Any] | None = None
+    """`baseline.Comparison.as_dict`: status, the committed entry, the moved metrics; ``None`` when not compared."""
+    notes: list[str] = field(default_factory=list)
+    """For the notes under the table: "baseline can be tightened ...", "no baseline entry ...", a regression."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

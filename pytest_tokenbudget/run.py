@@ -13,9 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from . import budgets, cassettes
+from .baseline import Check, Comparison
 from .capture import SpanCapture
 from .measure import Measurement, Settings, measure
-from .result import STATUS_MEASURED, STATUS_OK, STATUS_OVER, STATUS_UNKNOWN, STATUS_WARN, CallSummary, TestResult
+from .result import (
+    STATUS_MEASURED,
+    STATUS_OK,
+    STATUS_OVER,
+    STATUS_REGRESSED,
+    STATUS_UNKNOWN,
+    STATUS_WARN,
+    CallSummary,
+    TestResult,
+)
 
 
 @dataclass
@@ -29,16 +39,21 @@ class TestRun:
     warn_ratio: float = 0.8
     external_cassette: Any = None
     """A cassette someone else opened (pytest-recording's ``vcr`` fixture); read, never opened twice."""
+    baseline: Check | None = None
+    """The test's committed baseline entry and tolerances; ``None`` when no comparison is wanted."""
     scenarios: list[dict[str, Any]] = field(default_factory=list)
     _stack: ExitStack = field(default_factory=ExitStack)
     _cassette: Any = None
+    _measured: dict[tuple[int, int, int, int], Measurement] = field(default_factory=dict)
 
     def start(self) -> None:
         self._stack.enter_context(self.capture.capturing())
         if self.cassette_path is not None:
             self._cassette = self._stack.enter_context(
                 cassettes.use_cassette(
-                    self.cassette_path, self.record_mode, self.nodeid,
+                    self.cassette_path,
+                    self.record_mode,
+                    self.nodeid,
                     drop_unused_requests=self.record_mode == "all",
                 )
             )
@@ -54,18 +69,24 @@ class TestRun:
         if self._cassette is not None:
             return list(self._cassette.seen)
         if self.external_cassette is not None:
-            return list(getattr(self.external_cassette, "data", []))
+            return cassettes.played_interactions(self.external_cassette)
         return []
 
     def measure(self, since_span: int = 0, since_interaction: int = 0) -> Measurement:
+        """What was spent since the given marks; memoised on the evidence, so live fixture reads stay cheap."""
         spans = self.capture.spans()[since_span:]
-        return measure(spans, self.interactions()[since_interaction:], self.settings)
+        interactions = self.interactions()[since_interaction:]
+        key = (since_span, since_interaction, len(spans), len(interactions))
+        if key not in self._measured:
+            self._measured[key] = measure(spans, interactions, self.settings)
+        return self._measured[key]
 
     def violations(self, measurement: Measurement) -> list[budgets.Violation]:
         return measurement.check(self.limits)
 
-    def failure_message(self, measurement: Measurement, violations: list[budgets.Violation],
-                        scope: str | None = None) -> str:
+    def failure_message(
+        self, measurement: Measurement, violations: list[budgets.Violation], scope: str | None = None
+    ) -> str:
         where = f"scenario {scope!r} of {self.nodeid}" if scope else self.nodeid
         lines = [f"token budget exceeded for {where}"]
         lines += [f"  {v.message}" for v in violations]
@@ -75,7 +96,20 @@ class TestRun:
             lines += [f"    {i}. {CallSummary.of(c).describe()}" for i, c in enumerate(top, 1)]
         return "\n".join(lines)
 
-    def result(self, measurement: Measurement) -> TestResult:
+    def compare(self, measurement: Measurement) -> Comparison | None:
+        if self.baseline is None:
+            return None
+        return self.baseline.compare(measurement.usage.as_dict(), measurement.analysis.metrics)
+
+    def regression(self, measurement: Measurement) -> Comparison | None:
+        """The comparison when it must fail the test (a regression, or no entry under strict), else ``None``."""
+        comparison = self.compare(measurement)
+        if comparison is None or not comparison.failed or self.baseline is None or not self.baseline.enforce:
+            return None
+        return comparison
+
+    def result(self, measurement: Measurement, compared: bool = True) -> TestResult:
+        """The verdict; ``compared=False`` (the test body never ran: skipped, setup failed) skips the baseline."""
         violations = self.violations(measurement)
         figures = measurement.figures()
         ratios = budgets.usage_ratios(self.limits, figures)
@@ -92,6 +126,11 @@ class TestRun:
             status = STATUS_WARN
         else:
             status = STATUS_OK
+        comparison = self.compare(measurement) if compared else None
+        enforced = self.baseline is not None and self.baseline.enforce
+        if status != STATUS_OVER and comparison is not None and comparison.failed and enforced:
+            status = STATUS_REGRESSED
+        note = comparison.note() if comparison is not None else None
         return TestResult(
             nodeid=self.nodeid,
             usage=measurement.usage.as_dict(),
@@ -104,4 +143,6 @@ class TestRun:
             scenarios=list(self.scenarios),
             cassette=None if self.cassette_path is None else str(self.cassette_path),
             status=STATUS_OVER if self.misses else status,
+            baseline=None if comparison is None else comparison.as_dict(),
+            notes=[note] if note else [],
         )

@@ -156,8 +156,13 @@ def _output_parts(attrs: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, 
             "tool_call.id",
         ),
     ):
-        indices = sorted({int(k[len(prefix) :].split(".", 1)[0]) for k in attrs if k.startswith(prefix)
-                          and k[len(prefix) :].split(".", 1)[0].isdigit()})
+        indices = sorted(
+            {
+                int(k[len(prefix) :].split(".", 1)[0])
+                for k in attrs
+                if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0].isdigit()
+            }
+        )
         if not indices:
             continue
         texts, tools = [], []
@@ -168,8 +173,13 @@ def _output_parts(attrs: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, 
                 texts.append(content)
             j = 0
             while (name := attrs.get(f"{base}{tool_prefix}{j}.{name_key}")) is not None:
-                tools.append((str(name), attrs.get(f"{base}{tool_prefix}{j}.{args_key}"),
-                              attrs.get(f"{base}{tool_prefix}{j}.{id_key}")))
+                tools.append(
+                    (
+                        str(name),
+                        attrs.get(f"{base}{tool_prefix}{j}.{args_key}"),
+                        attrs.get(f"{base}{tool_prefix}{j}.{id_key}"),
+                    )
+                )
                 j += 1
         return texts, tools
     return None

@@ -12,13 +12,15 @@ the order it happened, with the turn that asked for it:
 * order: ``start_time`` (requested calls: their LLM call's ``end_time``), stable. LLM calls are numbered 1-based
   in ``start_time`` order; that number is the "turn" of the tool calls their output requested (an execution
   without a matching request follows the LLM call that ended last before it started).
+* a call failed when its record says so or when a later recorded request sent its result back with
+  ``is_error: true``: a hand-written agent loop emits no tool spans, but its requests still say which tool failed.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pytest_tokenbudget.records import LLMCall, ToolCall
@@ -81,6 +83,24 @@ def _turn_before(ordered: Sequence[LLMCall], time: int) -> int | None:
     return best[1] if best else None
 
 
+def failed_call_ids(calls: Sequence[LLMCall]) -> frozenset[str]:
+    """Ids of the tool calls whose ``tool_result`` a recorded request sent back with ``is_error: true``."""
+    failed: set[str] = set()
+    for call in calls:
+        request = call.request
+        for message in request.get("messages") or () if isinstance(request, Mapping) else ():
+            content = message.get("content") if isinstance(message, Mapping) else None
+            for block in content if isinstance(content, list) else ():
+                if (
+                    isinstance(block, Mapping)
+                    and block.get("type") == "tool_result"
+                    and block.get("is_error") is True
+                    and block.get("tool_use_id")
+                ):
+                    failed.add(str(block["tool_use_id"]))
+    return frozenset(failed)
+
+
 def merge_tool_calls(calls: Sequence[LLMCall], tools: Sequence[ToolCall]) -> tuple[ToolEvent, ...]:
     """The scenario's tool calls, each once, in order (the merge rule is in the module docstring)."""
     ordered = order_calls(calls)
@@ -133,6 +153,7 @@ def merge_tool_calls(calls: Sequence[LLMCall], tools: Sequence[ToolCall]) -> tup
             executed_ids = {tool.call_id for tool in executed}
             pending += [p for p in requested if p.tool.call_id and p.tool.call_id not in executed_ids]
 
+    failed = failed_call_ids(ordered)
     ranked = sorted(enumerate(pending), key=lambda item: (item[1].time, item[1].turn or 0, item[0]))
     return tuple(
         ToolEvent(
@@ -140,7 +161,7 @@ def merge_tool_calls(calls: Sequence[LLMCall], tools: Sequence[ToolCall]) -> tup
             name=p.tool.name,
             arguments=p.tool.arguments,
             call_id=p.tool.call_id,
-            error=p.tool.error,
+            error=p.tool.error or ("tool_error" if p.tool.call_id in failed else None),
             turn=p.turn,
             source=p.source,
         )
