@@ -16,6 +16,7 @@ import anthropic
 import pytest
 
 from examples.review_agent import run_review
+from pytest_tokenbudget import BudgetExceeded
 from pytest_tokenbudget.plugin import TokenBudget
 
 WASTEFUL = "wasteful.yaml"
@@ -32,7 +33,7 @@ TUNED_BUDGETS = {
 
 
 def expect_over(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=reason)
+    return pytest.mark.xfail(strict=True, raises=BudgetExceeded, reason=reason)
 
 
 @pytest.mark.parametrize(

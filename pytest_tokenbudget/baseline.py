@@ -165,21 +165,32 @@ def dumps(entries: Mapping[str, Mapping[str, Any]]) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def parse(text: str, source: str) -> dict[str, dict[str, Any]]:
-    """The entries of a baseline document; `BaselineError` names ``source`` and what is wrong."""
+def read_document(
+    text: str, source: str, *, kind: str, schema: str, version: int, error: type[ValueError]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A versioned JSON document this plugin wrote (a baseline, a report) and its ``tests`` object.
+
+    ``error`` is raised naming ``source`` and what is wrong: not JSON, another schema, an unknown version.
+    """
     try:
         document = json.loads(text)
     except ValueError as err:
-        raise BaselineError(f"{source}: not a JSON baseline file: {err}") from None
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-        raise BaselineError(f'{source}: not a pytest-tokenbudget baseline (expected "schema": "{SCHEMA}")')
-    if document.get("version") != VERSION:
-        raise BaselineError(
-            f"{source}: baseline version {document.get('version')!r} is not supported (this version reads {VERSION})"
+        raise error(f"{source}: not a JSON {kind}: {err}") from None
+    if not isinstance(document, dict) or document.get("schema") != schema:
+        raise error(f'{source}: not a pytest-tokenbudget {kind} (expected "schema": "{schema}")')
+    if document.get("version") != version:
+        raise error(
+            f"{source}: {kind} version {document.get('version')!r} is not supported (this version reads {version})"
         )
     tests = document.get("tests")
     if not isinstance(tests, dict):
-        raise BaselineError(f'{source}: "tests" must be an object of node id -> figures')
+        raise error(f'{source}: "tests" must be an object of node id -> {kind} entry')
+    return document, tests
+
+
+def parse(text: str, source: str) -> dict[str, dict[str, Any]]:
+    """The entries of a baseline document; `BaselineError` names ``source`` and what is wrong."""
+    _, tests = read_document(text, source, kind="baseline", schema=SCHEMA, version=VERSION, error=BaselineError)
     entries: dict[str, dict[str, Any]] = {}
     for nodeid, entry in tests.items():
         if not isinstance(entry, dict):

@@ -34,6 +34,18 @@ OUTCOME_KEY = pytest.StashKey[str]()
 CALLED_KEY = pytest.StashKey[bool]()
 
 
+class BudgetExceeded(pytest.fail.Exception):  # type: ignore[misc,name-defined]
+    """A test failed on its token budget or its baseline, not on its own assertions or a cassette miss.
+
+    ``@pytest.mark.xfail(strict=True, raises=BudgetExceeded)`` expects exactly that failure.
+    """
+
+
+def fail_budget(message: str) -> None:
+    __tracebackhide__ = True
+    raise BudgetExceeded(message, pytrace=False)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tokenbudget", "token budgets for LLM agent tests")
     group.addoption(
@@ -328,17 +340,22 @@ class TokenBudgetPlugin:
         if run is not None and run.external_cassette is True:
             # pytest-recording's autouse ``vcr`` fixture is set up by now: read it live, as the fixture reads ours
             run.external_cassette = getattr(item, "funcargs", {}).get("vcr")
-        result = yield
+        try:
+            result = yield
+        except Exception:
+            if run is not None and run.misses:  # the SDK raised the miss: say what to do, not where it was raised
+                pytest.fail("\n\n".join(run.misses), pytrace=False)
+            raise
         if run is not None:
             measurement = run.measure()
             violations = run.violations(measurement)
             if run.misses:
                 pytest.fail("\n\n".join(run.misses), pytrace=False)
             if violations:
-                pytest.fail(run.failure_message(measurement, violations), pytrace=False)
+                fail_budget(run.failure_message(measurement, violations))
             regression = run.regression(measurement)
             if regression is not None:
-                pytest.fail(regression.message(), pytrace=False)
+                fail_budget(regression.message())
         return result
 
     @pytest.hookimpl(wrapper=True)
@@ -374,17 +391,14 @@ class TokenBudgetPlugin:
         item.user_properties.append(("tokenbudget.status", test_result.status))
         if test_result.baseline is not None:
             item.user_properties.append(("tokenbudget.baseline", test_result.baseline["status"]))
+        if call_outcome == "passed" and run.misses:
+            pytest.fail("\n\n".join(run.misses), pytrace=False)
         if call_outcome == "passed" and test_result.violations:
             # Spent during teardown (a fixture's finaliser): the call phase could not see it.
-            pytest.fail(
-                run.failure_message(measurement, run.violations(measurement))
-                if not run.misses
-                else "\n\n".join(run.misses),
-                pytrace=False,
-            )
+            fail_budget(run.failure_message(measurement, run.violations(measurement)))
         regression = run.regression(measurement) if call_outcome == "passed" else None
         if regression is not None:
-            pytest.fail(regression.message(), pytrace=False)
+            fail_budget(regression.message())
         return result
 
     @pytest.hookimpl(wrapper=True)
@@ -504,7 +518,7 @@ class TokenBudget:
             }
         )
         if violations:
-            pytest.fail(self._run.failure_message(measurement, violations, scope=name), pytrace=False)
+            fail_budget(self._run.failure_message(measurement, violations, scope=name))
 
 
 @pytest.fixture

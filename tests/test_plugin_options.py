@@ -769,8 +769,9 @@ def test_xfail_strict_on_a_budget_failure(inner: pytest.Pytester) -> None:
         test_xfail="""
         import pytest
         from spanhelp import chat
+        from pytest_tokenbudget import BudgetExceeded
 
-        @pytest.mark.xfail(strict=True, reason="known overspend, tracked in #12")
+        @pytest.mark.xfail(strict=True, raises=BudgetExceeded, reason="known overspend, tracked in #12")
         @pytest.mark.tokenbudget(total_tokens=10)
         def test_known_over():
             chat(input=100, output=1)
@@ -1054,6 +1055,41 @@ def test_a_failing_fixture_teardown_still_closes_cassette_and_capture(
     assert "the fixture's teardown broke" in failure_text(result, "test_broken_teardown.py::test_marked", "teardown")
     assert len(emulator.requests) == 1
     assert results(result)["test_broken_teardown.py::test_marked"]["usage"]["total_tokens"] == 11
+
+
+def test_a_miss_raised_through_the_sdk_is_a_clean_failure(inner: pytest.Pytester, emulator: Emulator) -> None:
+    inner.makepyfile(
+        test_raised=f"""
+        import anthropic
+        import pytest
+        from pytest_tokenbudget import BudgetExceeded
+
+        def ask():
+            client = anthropic.Anthropic(base_url={emulator.base_url!r}, api_key="sk-ant-api03-raised")
+            client.messages.create(model="claude-sonnet-4-5", max_tokens=20,
+                                   messages=[{{"role": "user", "content": "Where did the tokens go"}}])
+
+        @pytest.mark.tokenbudget
+        def test_agent():
+            ask()
+
+        # A miss is not the budget failure an xfail(raises=BudgetExceeded) expects: it must stay a failure.
+        @pytest.mark.tokenbudget(total_tokens=1)
+        @pytest.mark.xfail(strict=True, raises=BudgetExceeded, reason="over budget")
+        def test_expected_over_budget():
+            ask()
+        """
+    )
+    result = run(inner)
+    assert outcomes(result) == {
+        "test_raised.py::test_agent": "failed",
+        "test_raised.py::test_expected_over_budget": "failed",
+    }
+    message = failure_text(result, "test_raised.py::test_agent")
+    assert message.startswith("request not in cassette ")
+    assert 'last user message "Where did the tokens go"' in message
+    assert "Traceback" not in message and "_base_client.py" not in message
+    assert len(emulator.requests) == 0
 
 
 def test_a_miss_the_code_under_test_swallows_still_fails_the_test(inner: pytest.Pytester, emulator: Emulator) -> None:

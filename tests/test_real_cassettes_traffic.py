@@ -8,44 +8,16 @@ legacy completion is a call with unknown usage, an error type is a failed call.
 
 from __future__ import annotations
 
-import csv
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
+from corpus import CORPUS, PER_INTERACTION, manifest_rows, read_manifest, require
 
 from pytest_tokenbudget.records import LLMCall, canonical_json
 from pytest_tokenbudget.traffic import call_from_interaction, load_cassette
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "real-cassettes"
-MANIFEST = CORPUS / "MANIFEST.tsv"
-PER_INTERACTION = "per_interaction_in/out/cache_create/cache_read"
-MISSING = (
-    f"the real-cassette corpus is missing: expected {MANIFEST} (the repository's ../shared/corpus/real-cassettes); "
-    "these tests read it and must not be skipped"
-)
-
-
-def read_manifest() -> list[dict[str, str]]:
-    with MANIFEST.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
-
-
-def manifest_rows() -> list[Any]:
-    """One test per MANIFEST row; a single failing one when the corpus is absent (never a skip)."""
-    if not MANIFEST.is_file():
-        return [pytest.param(None, id="corpus-missing")]
-    return [pytest.param(row, id=row["path"]) for row in read_manifest()]
-
-
 ROWS = manifest_rows()
-
-
-def require(row: dict[str, str] | None) -> dict[str, str]:
-    if row is None:
-        pytest.fail(MISSING)
-    return row
 
 
 def same_or_absent_zero(value: int | None, expected: int) -> bool:
@@ -243,8 +215,6 @@ def test_tool_calls_and_first_text(row: dict[str, str] | None) -> None:
 
 
 def test_every_corpus_cassette_is_in_the_manifest() -> None:
-    if not MANIFEST.is_file():
-        pytest.fail(MISSING)
     listed = {row["path"] for row in read_manifest()}
     on_disk = {str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*") if p.suffix in (".yaml", ".yml", ".json")}
     assert on_disk == listed

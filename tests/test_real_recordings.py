@@ -12,7 +12,6 @@ the repository). A missing corpus fails, it never skips.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from importlib.metadata import entry_points
@@ -24,13 +23,11 @@ import anthropic  # noqa: F401  (imported once here, so in-process inner runs do
 import pytest
 import vcr  # noqa: F401
 import yaml
+from corpus import CORPUS, PER_INTERACTION, read_manifest
 
 from pytest_tokenbudget.capture import CONTENT_MODE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus" / "real-cassettes"
-MANIFEST = CORPUS / "MANIFEST.tsv"
-PER_INTERACTION = "per_interaction_in/out/cache_create/cache_read"
 PLUGIN_ARGS: tuple[str, ...] = (
     ()
     if any(ep.name == "tokenbudget" for ep in entry_points(group="pytest11"))
@@ -119,17 +116,6 @@ def test_recorded(case):
         else:
             send_sync(request)
 '''
-
-
-def read_manifest() -> list[dict[str, str]]:
-    if not MANIFEST.is_file():
-        pytest.fail(
-            f"the real-cassette corpus is missing: expected {MANIFEST} (the repository's "
-            "../shared/corpus/real-cassettes); these tests read it and must not be skipped",
-            pytrace=False,
-        )
-    with MANIFEST.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
 
 
 def messages_requests(path: Path) -> list[dict[str, Any]]:
