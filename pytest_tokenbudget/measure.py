@@ -41,6 +41,7 @@ class Measurement:
         return values
 
     def unknown_reason(self, key: str) -> str:
+        """Why the figure behind budget ``key`` is unknown; detector keys add their own evidence after it."""
         usage = self.usage
         if key == "cost_usd" and usage.unpriced_models:
             return (
@@ -49,13 +50,8 @@ class Measurement:
             )
         if usage.unknown_calls:
             return f"{usage.unknown_calls} LLM call(s) reported no token usage (see the table's 'unknown' column)"
-        if (
-            key in ("duplicate_context_tokens", "max_duplicate_context_tokens", "forbid_preamble", "max_preamble_rate")
-            and self.analysis.metrics.get("duplicate_context_tokens") is None
-        ):
-            from .tokens import unavailable_reason
-
-            return unavailable_reason() or "content was not recorded on the spans"
+        if key not in budgets.USAGE_KEYS:
+            return "the detector could not compute it (why follows)"
         return "no LLM call reported it"
 
     def check(self, limits: Mapping[str, Any]) -> list[budgets.Violation]:

