@@ -433,7 +433,8 @@ def _duplicate_context(
                 f"{opening(text, 60)!r} ({_n(sizes[text])} tokens) carried by sibling calls {who}: "
                 f"{_n(duplicated)} tokens duplicated uncached"
             )
-            detail = f"parent span {parent}; sent uncached again to call{'s' if len(uncached) > 1 else ''} " + (
+            # The span id stays in `data`: text must not change between runs (reports and baselines are diffed).
+            detail = f"siblings of one parent span; sent uncached again to call{'s' if len(uncached) > 1 else ''} " + (
                 ", ".join(str(n) for n in uncached)
             )
             data = {
