@@ -1,7 +1,8 @@
 """The worked example: the review agent held to token budgets, replayed from the committed cassettes.
 
-The tuned agent passes every budget. The wasteful one fails each bottleneck's budget: one strict xfail per
-bottleneck, so a detector that stops firing turns the run red (an xfail that passes is a failure). Only a budget
+The tuned agent passes every budget. The wasteful one fails each bottleneck's budgets: one strict xfail per
+limit (re-fetching has two: identical tool calls and the cache hit rate), so a detector that stops firing turns the
+run red (an xfail that passes is a failure); two limits in one xfail would hide either one going quiet. Only a budget
 violation counts as the expected failure (``raises=``); a cassette miss or an agent error is a real failure.
 
 All tests of one configuration share its cassette (``wasteful.yaml``, ``tuned.yaml``): the agent is
@@ -75,9 +76,15 @@ def test_wasteful_retry_storm(review_client: anthropic.Anthropic) -> None:
     run_review(review_client, "wasteful")
 
 
-@expect_over("re-fetching: the four context files are re-read and re-sent uncached before every model call")
-@pytest.mark.tokenbudget(cassette=WASTEFUL, max_identical_tool_calls=2, min_cache_hit_rate=0.6)
-def test_wasteful_refetching(review_client: anthropic.Anthropic) -> None:
+@expect_over("re-fetching: the four context files are re-read with the same arguments before every model call")
+@pytest.mark.tokenbudget(cassette=WASTEFUL, max_identical_tool_calls=2)
+def test_wasteful_refetching_identical_tool_calls(review_client: anthropic.Anthropic) -> None:
+    run_review(review_client, "wasteful")
+
+
+@expect_over("re-fetching: the static context is re-sent uncached, so no input is read from the prompt cache")
+@pytest.mark.tokenbudget(cassette=WASTEFUL, min_cache_hit_rate=0.6)
+def test_wasteful_refetching_cache_hit_rate(review_client: anthropic.Anthropic) -> None:
     run_review(review_client, "wasteful")
 
 

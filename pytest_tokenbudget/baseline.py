@@ -21,9 +21,11 @@ Decisions made here:
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,8 @@ class Tolerances:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tolerances:
         per_metric = data.get("per_metric") or {}
+        if not isinstance(per_metric, Mapping):
+            raise BaselineError(f"per_metric = {per_metric!r} must be an object of metric -> tolerance")
         return cls(
             parse_tolerance(str(data.get("default", "5%"))),
             parse_compare_fail(f"{k}:{v}" for k, v in per_metric.items()),
@@ -140,6 +144,11 @@ class Tolerances:
 
 
 # --- entries and the file ----------------------------------------------------------------------------------------
+
+
+def is_number(value: Any) -> bool:
+    """A figure a document may hold: a finite int or float (JSON's ``true`` and ``NaN`` are not)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _clean(metric: str, value: Any) -> int | float | None:
@@ -196,7 +205,7 @@ def parse(text: str, source: str) -> dict[str, dict[str, Any]]:
         if not isinstance(entry, dict):
             raise BaselineError(f"{source}: entry {nodeid!r} must be an object of metric -> number")
         for metric, value in entry.items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if value is not None and not is_number(value):
                 raise BaselineError(f"{source}: entry {nodeid!r}: {metric} = {value!r} is not a number or null")
         entries[nodeid] = dict(entry)
     return entries
@@ -240,17 +249,95 @@ class Update:
         return f"tokenbudget baseline {path}: " + ", ".join(parts)
 
 
+# --- pruning ----------------------------------------------------------------------------------------------------
+
+SELECTION_OPTIONS = (
+    ("keyword", "-k"),
+    ("markexpr", "-m"),
+    ("deselect", "--deselect"),
+    ("lf", "--last-failed"),
+    ("stepwise", "--stepwise"),
+    ("stepwise_skip", "--stepwise-skip"),
+    ("stepwise_reset", "--stepwise-reset"),
+    ("collectonly", "--collect-only"),
+)
+"""pytest options (argparse dest, flag) after which an unmeasured test may well still exist: pruning refuses them."""
+
+
+@dataclass(frozen=True)
+class PruneScope:
+    """Which entries a prune may drop: those of tests under the session's collection arguments (``pytest
+    examples`` never drops the entries of ``tests/``), minus ``--ignore``/``--ignore-glob`` paths.
+
+    Paths are absolute and normalised, without resolving symlinks (as pytest compares them).
+    """
+
+    rootdir: str
+    targets: tuple[tuple[str, str], ...]
+    """(path, node id rest): a folder or file, and for ``file.py::Class::test`` the part after the file."""
+    ignored: tuple[str, ...] = ()
+    ignore_globs: tuple[str, ...] = ()
+
+    def covers(self, nodeid: str) -> bool:
+        """Whether the session collected everywhere ``nodeid`` could be (so its absence means it is gone)."""
+        file, _, rest = nodeid.partition("::")
+        path = os.path.normpath(os.path.join(self.rootdir, file))
+        if any(_within(path, ignored) for ignored in self.ignored):
+            return False
+        if any(fnmatch.fnmatch(path, pattern) for pattern in self.ignore_globs):
+            return False
+        for target, target_rest in self.targets:
+            if not target_rest:
+                if _within(path, target):
+                    return True
+            elif path == target and (rest == target_rest or rest.startswith((target_rest + "::", target_rest + "["))):
+                return True
+        return False
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def prune_scope(option: Any, args: Sequence[str], invocation_dir: Path, rootdir: Path) -> PruneScope:
+    """The scope of ``--tokenbudget-prune`` for a session run with pytest's parsed ``option`` namespace and its
+    collection ``args`` (relative to ``invocation_dir``). A test-selection option is a `BaselineError` naming it:
+    a test it deselected is not measured, yet exists, and its entry must stay."""
+    for dest, flag in SELECTION_OPTIONS:
+        if getattr(option, dest, None):
+            raise BaselineError(
+                f"--tokenbudget-prune cannot be combined with {flag}: tests it leaves out still exist and would lose "
+                "their baseline entries (prune in a run of whole files or folders)"
+            )
+
+    def absolute(path: str) -> str:
+        return os.path.normpath(os.path.join(invocation_dir, path))
+
+    targets = []
+    for arg in args:
+        file, _, rest = str(arg).partition("::")
+        targets.append((absolute(file), rest))
+    return PruneScope(
+        rootdir=os.path.normpath(rootdir),
+        targets=tuple(targets),
+        ignored=tuple(absolute(str(p)) for p in getattr(option, "ignore", None) or ()),
+        ignore_globs=tuple(absolute(str(p)) for p in getattr(option, "ignore_glob", None) or ()),
+    )
+
+
 def updated(
     old: Mapping[str, Mapping[str, Any]],
     fresh: Mapping[str, Mapping[str, Any]],
     ran: Iterable[str],
-    prune: bool = False,
+    prune: PruneScope | None = None,
 ) -> Update:
-    """``old`` with the entries of tests that passed (``fresh``) replaced; ``prune`` drops entries of tests
-    that were not measured in this session (``ran`` holds every measured node id, passed or not)."""
+    """``old`` with the entries of tests that passed (``fresh``) replaced; ``prune`` drops the entries in its
+    scope of tests that were not measured in this session (``ran`` holds every measured node id, passed or not)."""
     ran = set(ran)
     entries = {k: dict(v) for k, v in old.items()}
-    pruned = tuple(sorted(k for k in entries if prune and k not in ran and k not in fresh))
+    pruned = tuple(
+        sorted(k for k in entries if prune is not None and k not in ran and k not in fresh and prune.covers(k))
+    )
     for nodeid in pruned:
         del entries[nodeid]
     for nodeid, entry in fresh.items():
@@ -462,7 +549,8 @@ class Options:
     tolerances: Tolerances = field(default_factory=Tolerances)
     strict: bool = False
     update: bool = False
-    prune: bool = False
+    prune: PruneScope | None = None
+    """Set with ``--tokenbudget-prune``: which entries of unmeasured tests the update drops."""
     display: str = ""
     """The path as people should read it (relative to the rootdir)."""
 

@@ -2,7 +2,9 @@
 
 Every limit is inclusive. ``max`` limits fail when the figure is above, ``min`` limits when below, ``forbid``
 limits when anything was found. A figure that is unknown (``None``) fails its limit, with the reason: a budget
-that cannot be checked must not pass.
+that cannot be checked must not pass. A figure that is ``None`` because there was nothing to measure (a hit rate
+with no LLM call, a preamble rate with no text: the caller names those in ``nothing_to_measure``) is not unknown,
+and its limit passes.
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ class Violation:
 def _fmt(value: Number | None, spec: LimitSpec) -> str:
     if value is None:
         return "unknown"
+    if isinstance(value, bool):
+        return str(value)
     if spec.key == "cost_usd":
         return f"${value:,.4f}"
     if spec.value_type == "rate":
@@ -134,13 +138,17 @@ def evaluate(
     *,
     unknown_reason: Callable[[str], str] | None = None,
     explain: Callable[[str], str] | None = None,
+    nothing_to_measure: Mapping[str, str] | None = None,
 ) -> list[Violation]:
     """The limits that ``figures`` break. ``unknown_reason(key)`` says why a figure is unknown;
-    ``explain(key)`` adds the evidence for a detector limit."""
+    ``explain(key)`` adds the evidence for a detector limit; ``nothing_to_measure`` maps the figures that are
+    ``None`` for want of anything to measure to why (their limits pass)."""
     violations: list[Violation] = []
     for key, limit in limits.items():
         spec = LIMITS[key]
         actual = figures.get(spec.metric)
+        if actual is None and spec.metric in (nothing_to_measure or {}):
+            continue
         if spec.kind == "forbid":
             if limit is False:
                 continue

@@ -2,8 +2,7 @@
 
 * Matching: method, scheme, host, port, path, query and the request body compared as canonical JSON (key order
   and whitespace ignored; headers never compared), so a changed prompt is a miss, not a stale replay.
-* Secrets: API-key headers, cookies, key-like query parameters and anything shaped like a provider key in a
-  header, URL or body are replaced by ``REDACTED`` before an interaction is stored.
+* Secrets: scrubbed (`scrubbing`) before an interaction is stored, and before a live request is matched.
 * Persistence: written to a temporary file and renamed, so an interrupted run never truncates a cassette.
 * Misses: a request the cassette cannot answer raises `CassetteMiss`, which names the cassette, the request and
   the command that re-records it; it subclasses the SDKs' own error types so they fail at once instead of
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import vcr.matchers
 from vcr.cassette import Cassette
@@ -32,32 +31,9 @@ from vcr.serialize import deserialize, serialize
 from vcr.serializers import yamlserializer
 
 from .atomic import write_atomic
+from .scrubbing import scrub_request, scrub_response
 
 RECORD_MODES = ("none", "once", "new_episodes", "all")
-REDACTED = "REDACTED"
-SECRET_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "x-api-key",
-        "api-key",
-        "cookie",
-        "set-cookie",
-        "x-goog-api-key",
-        "anthropic-admin-key",
-        "openai-api-key",
-    }
-)
-VOLATILE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
-"""Trace context differs on every run; never matched, so dropped to keep re-recorded cassettes diffable."""
-SECRET_HEADER_WORDS = re.compile(r"(api[-_]?key|secret|token|password|session|auth)", re.IGNORECASE)
-SECRET_QUERY = re.compile(r"^(key|api[-_]?key|apikey|access[-_]?token|token|secret|password|sig|signature)$", re.I)
-SECRET_VALUE = re.compile(
-    r"sk-ant-[A-Za-z0-9_\-]{8,}"  # Anthropic
-    r"|sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"  # OpenAI
-    r"|AIza[0-9A-Za-z_\-]{30,}"  # Google
-    r"|(?<=Bearer )[A-Za-z0-9._\-]{16,}"
-)
 
 
 class CassetteError(Exception):
@@ -93,53 +69,6 @@ def cassette_miss(message: str) -> CassetteMiss:
         if module in sys.modules and hasattr(sys.modules[module], name)
     )
     return _miss_type(bases)(message)
-
-
-def scrub_text(text: str) -> str:
-    return SECRET_VALUE.sub(REDACTED, text)
-
-
-def _scrub_body(body: Any) -> Any:
-    if isinstance(body, bytes):
-        try:
-            decoded = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return body
-        scrubbed = scrub_text(decoded)
-        return body if scrubbed == decoded else scrubbed.encode("utf-8")
-    if isinstance(body, str):
-        return scrub_text(body)
-    return body
-
-
-def scrub_request(request: Any) -> Any:
-    """vcrpy ``before_record_request``: also applied to live requests before matching, so both sides agree."""
-    for name in list(request.headers):
-        if name.lower() in VOLATILE_HEADERS:
-            del request.headers[name]
-        elif name.lower() in SECRET_HEADERS or SECRET_HEADER_WORDS.search(name):
-            request.headers[name] = REDACTED
-        else:
-            request.headers[name] = scrub_text(str(request.headers[name]))
-    parts = urlsplit(request.uri)
-    if parts.query:
-        pairs = [(k, REDACTED if SECRET_QUERY.match(k) else scrub_text(v)) for k, v in parse_qsl(parts.query, True)]
-        request.uri = urlunsplit(parts._replace(query=urlencode(pairs)))
-    request.body = _scrub_body(request.body)
-    return request
-
-
-def scrub_response(response: dict[str, Any]) -> dict[str, Any]:
-    headers = response.get("headers") or {}
-    for name in list(headers):
-        if name.lower() in SECRET_HEADERS:
-            headers[name] = [REDACTED]
-        else:
-            headers[name] = [scrub_text(str(v)) for v in headers[name]]
-    body = response.get("body") or {}
-    if "string" in body:
-        body["string"] = _scrub_body(body["string"])
-    return response
 
 
 def _json_body(request: Any) -> Any:
@@ -314,10 +243,14 @@ def use_cassette(path: Path, record_mode: str, nodeid: str, **overrides: Any) ->
         raise ValueError(f"record mode {record_mode!r}: use one of {', '.join(RECORD_MODES)}")
 
     def hint(request: Any) -> str:
+        why = (
+            "Nothing was recorded: the cassette exists and record mode 'once' does not add to it."
+            if record_mode == "once"
+            else f"Recording is off (--tokenbudget-record-mode={record_mode})."
+        )
         return (
             f"request not in cassette {path}: {describe_request(request)}.\n"
-            f"Recording is off (--tokenbudget-record-mode={record_mode}). If the prompt changed on purpose, "
-            f"re-record with:\n    {rerecord_command(nodeid, path)}"
+            f"{why} If the prompt changed on purpose, re-record with:\n    {rerecord_command(nodeid, path)}"
         )
 
     cls: Any = type("TestCassette", (TrackingCassette,), {"miss_hint": staticmethod(hint)})

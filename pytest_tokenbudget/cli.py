@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,8 +29,27 @@ DIFF_KEYS = ("total_tokens", "input_tokens", "output_tokens", "cost_usd", "llm_c
 EXIT_OK, EXIT_REGRESSION, EXIT_ERROR = 0, 1, 2
 
 
+CASSETTES_ONLY_NOTE = "from cassettes alone: only requested tool calls are visible; sibling structure unknown"
+SPAN_METRICS = {
+    "duplicate_context_tokens": "needs the parent spans that make calls siblings; cassettes record none",
+    "resends": "counted from spans (http.request.resend_count); a cassette shows each attempt as an interaction",
+}
+"""Detector figures a cassette cannot give: reported as unknown (``None``), never as 0, with the reason."""
+
+
 class CliError(Exception):
     """Input the command cannot use; the message names the file and what is wrong (exit status 2)."""
+
+
+@contextmanager
+def _reading(path: Path | str, what: str = "cannot read it") -> Iterator[None]:
+    """Any unexpected error while handling ``path`` becomes a `CliError` naming it: exit status 2, no traceback."""
+    try:
+        yield
+    except CliError:
+        raise
+    except Exception as err:
+        raise CliError(f"{path}: {what}: {type(err).__name__}: {err}") from err
 
 
 # --- inspect -----------------------------------------------------------------------------------------------------
@@ -74,18 +95,21 @@ def _inspect(path: Path, overrides: Mapping[str, Any] | None) -> tuple[dict[str,
     calls: list[LLMCall] = []
     for interaction in interactions:
         request, response = interaction.request, interaction.response
+        number = interaction.index + 1
         row: dict[str, Any] = {
+            "number": number,
             "index": interaction.index,
             "method": request.method,
             "path": request.path,
             "status": response.status,
             "stream": response.is_event_stream,
             "llm": False,
+            "notes": [],
         }
         try:
-            call = traffic.call_from_interaction(interaction)
+            call, faults = traffic.read_interaction(interaction)
         except Exception as err:  # a parser bug must still name the file and the interaction
-            raise CliError(f"{path}: interaction {interaction.index}: cannot read it: {err}") from None
+            raise CliError(f"{path}: interaction {number}: cannot read it: {type(err).__name__}: {err}") from None
         if call is not None:
             call = price_calls([call], overrides)[0]
             calls.append(call)
@@ -100,10 +124,12 @@ def _inspect(path: Path, overrides: Mapping[str, Any] | None) -> tuple[dict[str,
                     "cache_write_tokens": call.cache_write_tokens,
                     "output_tokens": call.output_tokens,
                     "total_tokens": call.total_tokens,
+                    "cache_hit_rate": Usage.of([call]).as_dict()["cache_hit_rate"],
                     "cost_usd": None if call.cost_usd is None else round(call.cost_usd, 8),
                     "tool_calls": [t.name for t in call.tool_calls],
                     "error": call.error,
                     "stop_reason": call.stop_reason,
+                    "notes": list(faults),
                 }
             )
         rows.append(row)
@@ -116,7 +142,8 @@ def _inspect(path: Path, overrides: Mapping[str, Any] | None) -> tuple[dict[str,
         "usage": usage.as_dict(),
         "unpriced_models": list(usage.unpriced_models),
         "failed_calls": sum(c.error is not None for c in calls),
-        "metrics": dict(analysis.metrics),
+        "metrics": {**analysis.metrics, **dict.fromkeys(SPAN_METRICS)},
+        "unknown_metrics": dict(SPAN_METRICS),
         "findings": analysis.as_dict()["findings"],
     }
     return result, calls, list(tools)
@@ -125,13 +152,18 @@ def _inspect(path: Path, overrides: Mapping[str, Any] | None) -> tuple[dict[str,
 def inspect_paths(paths: Sequence[Path], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     from .records import Usage
 
-    inspected = [_inspect(f, overrides) for p in paths for f in cassette_files(p)]
+    inspected = []
+    for path in paths:
+        for file in cassette_files(path):
+            with _reading(file):
+                inspected.append(_inspect(file, overrides))
     cassettes = [result for result, _, _ in inspected]
     usage = Usage.of([c for _, calls, _ in inspected for c in calls], [t for _, _, tools in inspected for t in tools])
     failed = sum(item["failed_calls"] for item in cassettes)
     return {
         "cassettes": cassettes,
         "totals": {"cassettes": len(cassettes), "usage": usage.as_dict(), "failed_calls": failed},
+        "notes": [CASSETTES_ONLY_NOTE, *(f"{key} unknown: {why}" for key, why in SPAN_METRICS.items())],
     }
 
 
@@ -157,14 +189,16 @@ def render_inspection(result: Mapping[str, Any]) -> str:
     for item in result["cassettes"]:
         out.append(f"{item['path']}: {_usage_line(item['usage'], item['failed_calls'])}")
         table = []
+        notes: list[str] = []
         for row in item["interactions"]:
             request = f"{row['method']} {row['path']}"
+            notes += [f"  #{row['number']}: {note}" for note in row["notes"]]
             if not row["llm"]:
-                table.append([row["index"], request, row["status"], "(not an LLM call)", "", "", "", "", "", ""])
+                table.append([row["number"], request, row["status"], "(not an LLM call)", *[""] * 7])
                 continue
             table.append(
                 [
-                    row["index"],
+                    row["number"],
                     request,
                     row["status"],
                     row["model"] or "?",
@@ -172,6 +206,7 @@ def render_inspection(result: Mapping[str, Any]) -> str:
                     fmt_int(row["cache_read_tokens"]),
                     fmt_int(row["cache_write_tokens"]),
                     fmt_int(row["output_tokens"]),
+                    fmt_rate(row["cache_hit_rate"]),
                     fmt_cost(row["cost_usd"]),
                     f"error: {row['error']}" if row["error"] else ", ".join(row["tool_calls"]),
                 ]
@@ -185,17 +220,20 @@ def render_inspection(result: Mapping[str, Any]) -> str:
             "cache read",
             "cache write",
             "output",
+            "hit rate",
             "cost",
             "tool calls / error",
         ]
         rendered = tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True)
         out += [f"  {line}" for line in rendered.splitlines()]
+        out += notes
         if item["unpriced_models"]:
             out.append(f"  no price for: {', '.join(item['unpriced_models'])} (add one with --price)")
         for finding in item["findings"]:
             out.append(f"  finding [{finding['detector']}]: {finding['summary']}")
             out += [f"    {line}" for line in finding["details"]]
         out.append("")
+    out += result["notes"]
     totals = result["totals"]
     out.append(
         f"TOTAL ({_plural(totals['cassettes'], 'cassette')}): {_usage_line(totals['usage'], totals['failed_calls'])}"
@@ -208,11 +246,13 @@ def render_inspection(result: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Side:
-    """One side of a diff: ``kind`` is ``cassettes`` or ``tests``; ``items`` name -> figures."""
+    """One side of a diff: ``kind`` is ``cassettes`` or ``tests``; ``items`` name -> figures; ``outcomes`` the
+    pytest outcome of each test, when the side is a report."""
 
     kind: str
     what: str
     items: dict[str, dict[str, Any]]
+    outcomes: dict[str, str] = field(default_factory=dict)
 
 
 def _pick(figures: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,33 +272,39 @@ def _read_json(path: Path) -> tuple[str, Any]:
 
 def read_side(path: Path, overrides: Mapping[str, Any] | None = None) -> Side:
     if path.is_dir():
-        files = cassette_files(path)
-        return Side(
-            "cassettes",
-            "cassettes",
-            {f.relative_to(path).as_posix(): _pick(inspect_cassette(f, overrides)["usage"]) for f in files},
-        )
+        items = {}
+        for file in cassette_files(path):
+            with _reading(file):
+                items[file.relative_to(path).as_posix()] = _pick(inspect_cassette(file, overrides)["usage"])
+        return Side("cassettes", "cassettes", items)
     if not path.exists():
         raise CliError(f"{path}: no such file or folder")
-    if path.suffix.lower() == ".json":
-        text, data = _read_json(path)
-        schema = data.get("schema") if isinstance(data, dict) else None
-        if schema == reports.SCHEMA:
-            doc = _report(path, text)
-            return Side("tests", "report", {k: _pick(v["usage"]) for k, v in doc["tests"].items()})
-        if schema == baseline.SCHEMA:
-            entries = _baseline_entries(path, text)
-            return Side("tests", "baseline", {k: _pick(v) for k, v in entries.items()})
-        if not (isinstance(data, dict) and "interactions" in data):
-            raise CliError(f"{path}: neither a cassette, a pytest-tokenbudget report nor a baseline")
-    return Side("cassettes", "cassette", {path.name: _pick(inspect_cassette(path, overrides)["usage"])})
+    with _reading(path):
+        if path.suffix.lower() == ".json":
+            text, data = _read_json(path)
+            schema = data.get("schema") if isinstance(data, dict) else None
+            if schema == reports.SCHEMA:
+                tests = _report(path, text)["tests"]
+                return Side(
+                    "tests",
+                    "report",
+                    {k: _pick(v["usage"]) for k, v in tests.items()},
+                    {k: v["outcome"] for k, v in tests.items()},
+                )
+            if schema == baseline.SCHEMA:
+                entries = _baseline_entries(path, text)
+                return Side("tests", "baseline", {k: _pick(v) for k, v in entries.items()})
+            if not (isinstance(data, dict) and "interactions" in data):
+                raise CliError(f"{path}: neither a cassette, a pytest-tokenbudget report nor a baseline")
+        return Side("cassettes", "cassette", {path.name: _pick(inspect_cassette(path, overrides)["usage"])})
 
 
 def _report(path: Path, text: str | None = None) -> dict[str, Any]:
-    try:
-        return reports.parse(text, str(path)) if text is not None else reports.load(path)
-    except reports.ReportError as err:
-        raise CliError(str(err)) from None
+    with _reading(path):
+        try:
+            return reports.parse(text, str(path)) if text is not None else reports.load(path)
+        except reports.ReportError as err:
+            raise CliError(str(err)) from None
 
 
 def _baseline_entries(path: Path, text: str | None = None) -> dict[str, dict[str, Any]]:
@@ -269,10 +315,11 @@ def _baseline_entries(path: Path, text: str | None = None) -> dict[str, dict[str
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise CliError(f"{path}: cannot read the baseline: {err}") from None
-    try:
-        return baseline.parse(text, str(path))
-    except baseline.BaselineError as err:
-        raise CliError(str(err)) from None
+    with _reading(path):
+        try:
+            return baseline.parse(text, str(path))
+        except baseline.BaselineError as err:
+            raise CliError(str(err)) from None
 
 
 # --- diff --------------------------------------------------------------------------------------------------------
@@ -289,7 +336,21 @@ def _sum(values: Sequence[Any]) -> Any:
     return None if any(v is None for v in values) else sum(values)
 
 
+def _sums(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    sums = {k: _sum([v.get(k) for v in items]) for k in DIFF_KEYS}
+    if sums["cost_usd"] is not None:
+        sums["cost_usd"] = round(sums["cost_usd"], 8)
+    return sums
+
+
+def _one_sided(side: Side, names: Sequence[str]) -> dict[str, Any]:
+    return {name: {"figures": side.items[name], "outcome": side.outcomes.get(name)} for name in names}
+
+
 def diff_sides(old: Side, new: Side) -> dict[str, Any]:
+    """Per item present on both sides its change, and the totals over those items only: an item on one side
+    (a new test, an xfailed test the baseline never records, a removed cassette) is listed apart, never summed
+    into the change, so the total compares like with like."""
     if old.kind != new.kind:
         raise CliError(
             f"cannot compare {old.what} with {new.what}: give two cassettes (or folders), two reports, "
@@ -300,21 +361,29 @@ def diff_sides(old: Side, new: Side) -> dict[str, Any]:
         (old_name,), (new_name,) = old_items, new_items
         name = new_name if old_name == new_name else f"{old_name} -> {new_name}"
         old_items, new_items = {name: old_items[old_name]}, {name: new_items[new_name]}
+        old, new = Side(old.kind, old.what, old_items), Side(new.kind, new.what, new_items)
     items: dict[str, Any] = {}
-    for name in sorted(set(old_items) | set(new_items)):
-        before, after = old_items.get(name), new_items.get(name)
-        status = (
-            "added" if before is None else "removed" if after is None else ("same" if before == after else "changed")
-        )
-        change = {k: _minus((after or {}).get(k, 0), (before or {}).get(k, 0)) for k in DIFF_KEYS}
-        items[name] = {"status": status, "old": before, "new": after, "change": change}
-    totals: dict[str, Any] = {}
-    for side, mapping in (("old", old_items), ("new", new_items)):
-        totals[side] = {k: _sum([v.get(k) for v in mapping.values()]) for k in DIFF_KEYS}
-        if totals[side]["cost_usd"] is not None:
-            totals[side]["cost_usd"] = round(totals[side]["cost_usd"], 8)
+    for name in sorted(set(old_items) & set(new_items)):
+        before, after = old_items[name], new_items[name]
+        items[name] = {
+            "status": "same" if before == after else "changed",
+            "old": before,
+            "new": after,
+            "change": {k: _minus(after.get(k), before.get(k)) for k in DIFF_KEYS},
+        }
+    totals: dict[str, Any] = {
+        "items": len(items),
+        "old": _sums([v["old"] for v in items.values()]),
+        "new": _sums([v["new"] for v in items.values()]),
+    }
     totals["change"] = {k: _minus(totals["new"][k], totals["old"][k]) for k in DIFF_KEYS}
-    return {"kind": f"{old.what} -> {new.what}", "items": items, "totals": totals}
+    return {
+        "kind": f"{old.what} -> {new.what}",
+        "items": items,
+        "only_in_old": _one_sided(old, sorted(set(old_items) - set(new_items))),
+        "only_in_new": _one_sided(new, sorted(set(new_items) - set(old_items))),
+        "totals": totals,
+    }
 
 
 def _signed_int(value: Any) -> str:
@@ -333,6 +402,19 @@ def _percent(old: Any, change: Any) -> str:
     return f"{change / old:+.1%}"
 
 
+def _one_sided_lines(label: str, entries: Mapping[str, Any]) -> list[str]:
+    if not entries:
+        return []
+    lines = [f"only in {label} ({len(entries)}, not in TOTAL):"]
+    for name, entry in entries.items():
+        outcome = f" ({entry['outcome']})" if entry["outcome"] else ""
+        figures = entry["figures"]
+        lines.append(
+            f"  {name}{outcome}: {fmt_int(figures.get('total_tokens'))} tokens, {fmt_cost(figures.get('cost_usd'))}"
+        )
+    return lines
+
+
 def render_diff(result: Mapping[str, Any], changed_only: bool = False) -> str:
     from tabulate import tabulate
 
@@ -340,17 +422,17 @@ def render_diff(result: Mapping[str, Any], changed_only: bool = False) -> str:
     for name, item in result["items"].items():
         if changed_only and item["status"] == "same":
             continue
-        old, new, change = item["old"] or {}, item["new"] or {}, item["change"]
+        old, new, change = item["old"], item["new"], item["change"]
         table.append(
             [
                 name,
                 item["status"],
-                fmt_int(old.get("total_tokens")) if old else "-",
-                fmt_int(new.get("total_tokens")) if new else "-",
+                fmt_int(old.get("total_tokens")),
+                fmt_int(new.get("total_tokens")),
                 _signed_int(change["total_tokens"]),
-                _percent(old.get("total_tokens", 0), change["total_tokens"]),
-                fmt_cost(old.get("cost_usd")) if old else "-",
-                fmt_cost(new.get("cost_usd")) if new else "-",
+                _percent(old.get("total_tokens"), change["total_tokens"]),
+                fmt_cost(old.get("cost_usd")),
+                fmt_cost(new.get("cost_usd")),
                 _signed_cost(change["cost_usd"]),
             ]
         )
@@ -358,7 +440,7 @@ def render_diff(result: Mapping[str, Any], changed_only: bool = False) -> str:
     change = totals["change"]
     table.append(
         [
-            f"TOTAL ({len(result['items'])})",
+            f"TOTAL ({totals['items']} on both sides)",
             "",
             fmt_int(totals["old"]["total_tokens"]),
             fmt_int(totals["new"]["total_tokens"]),
@@ -370,9 +452,11 @@ def render_diff(result: Mapping[str, Any], changed_only: bool = False) -> str:
         ]
     )
     headers = ["", "", "old tokens", "new tokens", "change", "%", "old cost", "new cost", "cost change"]
-    return f"{result['kind']}\n" + tabulate(
-        table, headers=headers, tablefmt="simple", disable_numparse=True, stralign="right"
-    )
+    rendered = tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True, stralign="right")
+    lines = [result["kind"], rendered]
+    lines += _one_sided_lines("OLD", result["only_in_old"])
+    lines += _one_sided_lines("NEW", result["only_in_new"])
+    return "\n".join(lines)
 
 
 # --- check -------------------------------------------------------------------------------------------------------
@@ -381,8 +465,8 @@ def render_diff(result: Mapping[str, Any], changed_only: bool = False) -> str:
 def _tolerances(doc: Mapping[str, Any], default: str | None, compare_fail: Sequence[str], source: str) -> Any:
     """The report's own tolerances (as the session used them), overridden by the command line."""
     try:
-        recorded = (doc.get("settings") or {}).get("tolerance")
-        base = baseline.Tolerances.from_dict(recorded) if isinstance(recorded, Mapping) else baseline.Tolerances()
+        recorded = doc.get("settings", {}).get("tolerance")
+        base = baseline.Tolerances.from_dict(recorded) if recorded is not None else baseline.Tolerances()
     except baseline.BaselineError as err:
         raise CliError(f"{source}: settings.tolerance: {err}") from None
     try:
@@ -391,6 +475,10 @@ def _tolerances(doc: Mapping[str, Any], default: str | None, compare_fail: Seque
     except baseline.BaselineError as err:
         raise CliError(f"tolerance option: {err}") from None
     return baseline.Tolerances(chosen, {**base.per_metric, **extra})
+
+
+COMPARED_OUTCOMES = ("passed", "failed")
+"""Outcomes of a test whose body ran: the others (skipped, xfailed ...) are counted by outcome, not compared."""
 
 
 def check(
@@ -405,21 +493,24 @@ def check(
     doc = _report(report_path)
     entries = _baseline_entries(baseline_path)
     tolerances = _tolerances(doc, default, compare_fail, str(report_path))
-    counts = {"compared": 0, "regressed": 0, "improved": 0, "new": 0, "not run": 0}
+    counts = {"compared": 0, "regressed": 0, "improved": 0, "new": 0}
+    others: Counter[str] = Counter()
     lines: list[str] = []
     for nodeid in sorted(doc["tests"]):
         entry = doc["tests"][nodeid]
-        if entry["outcome"] not in ("passed", "failed"):
-            counts["not run"] += 1
+        if entry["outcome"] not in COMPARED_OUTCOMES:
+            others[entry["outcome"]] += 1
+            lines.append(f"{entry['outcome']} {nodeid}: not compared")
             continue
         counts["compared"] += 1
-        comparison = baseline.compare(
-            entries.get(nodeid),
-            baseline.entry_of(entry["usage"], entry["metrics"]),
-            tolerances,
-            strict=strict,
-            source=str(baseline_path),
-        )
+        with _reading(report_path, f"cannot compare test {nodeid!r} with {baseline_path}"):
+            comparison = baseline.compare(
+                entries.get(nodeid),
+                baseline.entry_of(entry["usage"], entry["metrics"]),
+                tolerances,
+                strict=strict,
+                source=str(baseline_path),
+            )
         if comparison.failed:
             counts["regressed"] += 1
             lines.append(f"FAIL {nodeid}")
@@ -431,13 +522,31 @@ def check(
             counts["new"] += 1
             lines.append(f"new {nodeid}: no baseline entry")
     lines.append(
-        ", ".join(f"{n} {what}" for what, n in counts.items())
+        ", ".join(f"{n} {what}" for what, n in [*counts.items(), *sorted(others.items())])
         + f" (tolerance {tolerances.default}"
         + "".join(f", {k}:{v}" for k, v in sorted(tolerances.per_metric.items()))
         + ")"
     )
     out.write("\n".join(lines) + "\n")
     return EXIT_REGRESSION if counts["regressed"] else EXIT_OK
+
+
+def merge(paths: Sequence[Path], output: Path, out: TextIO) -> int:
+    """Write one report from the shards' reports; ``output``'s folder must exist (a typo there is an error, not
+    a new folder somewhere)."""
+    docs = [(str(path), _report(path)) for path in paths]
+    try:
+        merged = reports.merge(docs)
+    except reports.ReportError as err:
+        raise CliError(str(err)) from None
+    if not output.parent.is_dir():
+        raise CliError(f"{output}: cannot write the merged report: no such folder {output.parent}")
+    try:
+        reports.write(output, reports.dumps(merged))
+    except OSError as err:
+        raise CliError(f"{output}: cannot write the merged report: {err}") from None
+    out.write(f"{output}: {merged['totals']['tests']} tests from {len(docs)} reports\n")
+    return EXIT_OK
 
 
 # --- entry point -------------------------------------------------------------------------------------------------
@@ -497,17 +606,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         )
         return EXIT_OK
     if args.command == "merge":
-        docs = [(str(path), _report(path)) for path in args.reports]
-        try:
-            merged = reports.merge(docs)
-        except reports.ReportError as err:
-            raise CliError(str(err)) from None
-        try:
-            reports.write(args.output, reports.dumps(merged))
-        except OSError as err:
-            raise CliError(f"{args.output}: cannot write the merged report: {err}") from None
-        out.write(f"{args.output}: {merged['totals']['tests']} tests from {len(docs)} reports\n")
-        return EXIT_OK
+        return merge(args.reports, args.output, out)
     return check(
         args.report, args.baseline, default=args.tolerance, compare_fail=args.compare_fail, strict=args.strict, out=out
     )
@@ -523,4 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args, sys.stdout)
     except CliError as err:
         print(f"tokenbudget: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as err:  # not tied to one input file: still exit status 2 with one line, no traceback
+        print(f"tokenbudget: error: {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_ERROR

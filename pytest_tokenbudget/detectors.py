@@ -12,7 +12,19 @@ Decisions the issue leaves open, made here:
   ``None``): calls without a recorded parent cannot be known to be siblings. A sibling whose messages extend an
   earlier sibling's messages is that conversation continuing (re-sent history is the cache detector's job), so
   siblings are grouped into conversations and a block counts once per conversation that carries it after the
-  first, in the first call of that conversation carrying it, unless that call's cache reads cover it.
+  first, in the first call of that conversation carrying it, unless that call read it from cache.
+* A block was read from cache when it lies entirely within the first ``cache_read_tokens`` of its call's prompt
+  (providers cache prefixes: tools -> system -> messages). Its position is estimated by counting every block
+  before it with tiktoken, scaled so the whole prompt matches the call's reported ``input_tokens`` (that absorbs
+  what tiktoken cannot see: the provider's own tokenizer, a hidden tool-use system prompt, per-message markers),
+  and it may end up to `CACHE_POSITION_TOLERANCE` (5%) of the cache read beyond it: the estimate is not exact.
+  How much of the cache read a call has does not matter, only where the block sits: cached tool definitions
+  do not make an uncached diff after them "cached".
+* A rate with nothing to measure is not unknown: no LLM call completed (cache hit rate), or no response had text
+  (preamble rate). The metric is ``None`` then, `Analysis.unmeasured` names it and why, and its limit passes
+  (`budgets.evaluate`). A rate is unknown (``None``, not in `Analysis.unmeasured`; its limit fails) when a call
+  reported no usage (cache) or a response's content was not recorded (preambles). ``preambles`` is then
+  ``None`` too, unless a preamble was found anyway (a known violation of ``forbid_preamble``).
 * Preambles are looked for in the first non-empty text block of a response (a stream's empty first block
   before a tool call is no opening).
 * A re-sent prefix is "uncached" when less than half of its tiktoken count was read from cache: tiktoken is not
@@ -72,6 +84,9 @@ LIMIT_KEYS = (
     "max_preamble_rate",
 )
 _MAX_DETAILS = 10
+CACHE_POSITION_TOLERANCE = 0.05
+"""How far (a share of the cache read) a block's estimated end may lie beyond it and still count as read from
+cache: tiktoken only approximates the provider's tokenizer."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,11 @@ class Analysis:
     facts: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     """Totals the failure messages quote (input and cache-read tokens, why a metric is unknown ...)."""
 
+    @property
+    def unmeasured(self) -> dict[str, str]:
+        """Metrics that are ``None`` because there was nothing to measure (not unknown), each with why."""
+        return dict(self.facts.get("nothing_to_measure") or {})
+
     def of(self, detector: str) -> tuple[Finding, ...]:
         """The findings of one detector (``repeated_tool_calls``, ``cache``, ``preamble`` ...)."""
         return tuple(f for f in self.findings if f.detector == detector)
@@ -131,6 +151,11 @@ class Analysis:
 
 def _n(value: int) -> str:
     return f"{value:,}"
+
+
+def _calls(numbers: Sequence[int]) -> str:
+    """``call 3`` or ``calls 2-14``."""
+    return f"call {numbers[0]}" if len(numbers) == 1 else f"calls {_numbers(numbers)}"
 
 
 def _numbers(values: Sequence[int]) -> str:
@@ -167,9 +192,18 @@ def _run_data(run: Sequence[ToolEvent]) -> dict[str, Any]:
     }
 
 
+def _run_turns(data: Mapping[str, Any]) -> str:
+    """`` of turn 2`` or `` of turns 2-8``: the LLM calls that requested the run, first to last."""
+    known = [t for t in (data["turn"], data.get("last_turn")) if t is not None]
+    if not known:
+        return ""
+    first, last = min(known), max(known)
+    return f" of turn {first}" if first == last else f" of turns {first}-{last}"
+
+
 def _run_message(data: Mapping[str, Any], limit: object = None) -> str:
     where = [] if limit is None else [f"max {limit}"]
-    turn = f" of turn {data['turn']}" if data["turn"] is not None else ""
+    turn = _run_turns(data)
     if data["count"] == 1:
         where.append(f"call {data['first_call']}{turn}")
     else:
@@ -375,6 +409,26 @@ def _conversations(members: Sequence[tuple[int, tuple[Block, ...]]]) -> dict[int
     return root
 
 
+def _read_from_cache(call: LLMCall, blocks: Sequence[Block]) -> list[bool]:
+    """For each block of ``call``'s prompt: whether it lies entirely within the prefix the call read from cache.
+
+    Block ends are running tiktoken counts in prompt order (tools -> system -> messages), scaled to the call's
+    reported input tokens, with `CACHE_POSITION_TOLERANCE` of slack (see the module docstring).
+    """
+    read = call.cache_read_tokens or 0
+    if read <= 0:
+        return [False] * len(blocks)
+    sizes = [tokens.count_tokens(block.text) or 0 for block in blocks]
+    estimated = sum(sizes)
+    scale = call.input_tokens / estimated if call.input_tokens and estimated else 1.0
+    reach = read * (1 + CACHE_POSITION_TOLERANCE)
+    served, end = [], 0
+    for size in sizes:
+        end += size
+        served.append(end * scale <= reach)
+    return served
+
+
 def _duplicate_context(
     ordered: Sequence[LLMCall], prompts: Sequence[tuple[Block, ...] | None], settings: DetectorSettings
 ) -> tuple[int | None, list[Finding], str | None]:
@@ -401,10 +455,9 @@ def _duplicate_context(
         sizes: dict[str, int] = {}
         seen_conversations: dict[str, set[int]] = defaultdict(set)
         for number, blocks in members:
-            call = ordered[number - 1]
-            cache_left = call.cache_read_tokens or 0
+            cached = _read_from_cache(ordered[number - 1], blocks)
             in_this_call: set[str] = set()
-            for block in blocks:
+            for block, from_cache in zip(blocks, cached, strict=True):
                 text = block.text
                 if not block.content or text in in_this_call:
                     continue
@@ -421,10 +474,8 @@ def _duplicate_context(
                 carriers[text].append(number)
                 if first:
                     continue
-                if cache_left >= size:
-                    cache_left -= size  # served from cache
-                    continue
-                charged[text].append(number)
+                if not from_cache:
+                    charged[text].append(number)
         for text, uncached in charged.items():
             duplicated = sizes[text] * len(uncached)
             total += duplicated
@@ -461,6 +512,11 @@ def first_text(call: LLMCall) -> str | None:
     if call.output_text and call.output_text.strip():
         return call.output_text
     return None
+
+
+def content_recorded(call: LLMCall) -> bool:
+    """Whether what the response said is known: its text (even empty) or the tool calls it requested."""
+    return call.output_text is not None or bool(call.output_texts) or bool(call.tool_calls)
 
 
 def _preamble_findings(ordered: Sequence[LLMCall], settings: DetectorSettings) -> tuple[int, int, Finding | None]:
@@ -523,7 +579,33 @@ def analyse(
     if tokens.unavailable_reason() is None:
         cache += _prefix_findings(ordered, prompts, settings)
     duplicate_tokens, duplicates, duplicate_reason = _duplicate_context(ordered, prompts, settings)
-    with_text, preambles, preamble = _preamble_findings(ordered, settings)
+    with_text, found_preambles, preamble = _preamble_findings(ordered, settings)
+
+    unmeasured: dict[str, str] = {}
+    hit_rate_reason = None
+    if usage.cache_hit_rate is None:
+        if usage.input_tokens is None or usage.cache_read_tokens is None:
+            hit_rate_reason = f"{usage.unknown_calls} LLM call(s) reported no usage"
+        else:
+            hit_rate_reason = unmeasured["cache_hit_rate"] = (
+                "no LLM calls were made"
+                if not ordered
+                else "no LLM call completed"
+                if not usage.llm_calls
+                else "the LLM calls sent no input tokens"
+            )
+    unrecorded = [n for n, c in enumerate(ordered, 1) if c.error is None and not content_recorded(c)]
+    preambles: int | None = found_preambles
+    preamble_rate: float | None = found_preambles / with_text if with_text else None
+    preamble_reason = None
+    if unrecorded:
+        preamble_rate = None
+        preambles = found_preambles or None
+        preamble_reason = f"the content of {_calls(unrecorded)} was not recorded"
+    elif not with_text:
+        preamble_reason = unmeasured["preamble_rate"] = (
+            "no LLM calls were made" if not ordered else "no response had text"
+        )
 
     metrics: dict[str, int | float | None] = {
         "max_repeat": max_repeat,
@@ -532,7 +614,7 @@ def analyse(
         "cache_hit_rate": usage.cache_hit_rate,
         "duplicate_context_tokens": duplicate_tokens,
         "preambles": preambles,
-        "preamble_rate": preambles / with_text if with_text else None,
+        "preamble_rate": preamble_rate,
     }
     findings = tuple(f for f in (repeat, identical, resend, *cache, *duplicates, preamble) if f is not None)
     facts = {
@@ -542,6 +624,9 @@ def analyse(
         "cache_read_tokens": usage.cache_read_tokens,
         "tool_calls": len(events),
         "responses_with_text": with_text,
+        "cache_hit_rate_reason": hit_rate_reason,
+        "preamble_rate_reason": preamble_reason,
+        "nothing_to_measure": unmeasured,
         "duplicate_context_unknown": duplicate_reason,
         "tokenizer_unavailable": tokens.unavailable_reason(),
         "cache_control_calls": [n for n, c in enumerate(ordered, 1) if sets_cache_control(c.request)],
@@ -590,10 +675,8 @@ def explain(limit_key: str, analysis: Analysis, limit: object = None) -> str:
         rate = metrics["cache_hit_rate"]
         bound = "" if limit is None else f"; min {limit}"
         if rate is None:
-            if facts.get("unknown_calls"):
-                head = f"cache hit rate unknown: {facts['unknown_calls']} LLM call(s) reported no usage{bound}"
-            else:
-                head = f"cache hit rate unknown: no input tokens were recorded{bound}"
+            state = "not measured" if "cache_hit_rate" in analysis.unmeasured else "unknown"
+            head = f"cache hit rate {state}: {facts.get('cache_hit_rate_reason') or 'no input tokens'}{bound}"
         else:
             head = (
                 f"cache hit rate {_percent(float(rate))}{bound}: {_n(facts['cache_read_tokens'] or 0)} of "
@@ -613,13 +696,22 @@ def explain(limit_key: str, analysis: Analysis, limit: object = None) -> str:
         return _with_details(head, analysis.of("duplicate_context"))
     if limit_key in ("forbid_preamble", "max_preamble_rate"):
         found = analysis.of("preamble")
+        reason = facts.get("preamble_rate_reason") or "no response had text"
+        state = "not measured" if "preamble_rate" in analysis.unmeasured else "unknown"
         if limit_key == "forbid_preamble":
-            head = found[0].summary if found else "no response opened with a preamble"
+            if found:
+                head = found[0].summary
+                if metrics["preamble_rate"] is None and state == "unknown":
+                    head += f"; {reason}"
+            elif metrics["preambles"] is None:
+                head = f"preambles unknown: {reason}"
+            else:
+                head = "no response opened with a preamble"
             return _with_details(head, found, include_summaries=False)
         rate = metrics["preamble_rate"]
         bound = "" if limit is None else f"; max {limit}"
         if rate is None:
-            return f"preamble rate unknown: no response had text{bound}"
+            return _with_details(f"preamble rate {state}: {reason}{bound}", found)
         head = (
             f"preamble rate {_percent(float(rate))} ({metrics['preambles']} of {facts['responses_with_text']} "
             f"responses{bound})"

@@ -60,6 +60,7 @@ class Measurement:
             self.figures(),
             unknown_reason=self.unknown_reason,
             explain=lambda key: detectors.explain(key, self.analysis),
+            nothing_to_measure=self.analysis.unmeasured,
         )
 
     def top_calls(self, n: int = 3) -> list[LLMCall]:
@@ -94,12 +95,26 @@ def combine(span_calls: Sequence[LLMCall], recorded: Sequence[LLMCall]) -> list[
     by_id = {c.response_id: c for c in recorded if c.response_id}
     combined: list[LLMCall] = []
     for call in span_calls:
-        match = by_id.pop(call.response_id, None) if call.response_id else None
+        key = call.response_id if call.response_id in by_id else _same_response(call, by_id.values())
+        match = by_id.pop(key, None) if key else None
         if match is not None:
-            call = spans.merge_duplicates([call, match])[0]
+            call = spans.fill_missing(call, match)
         combined.append(call)
     combined.extend(by_id.values())
     return combined
+
+
+def _same_response(call: LLMCall, recorded: Iterable[LLMCall]) -> str | None:
+    """For a span that names no response id (some frameworks' spans): the first recorded response with the same
+    usage and a compatible model, which is the one it reported. ``None`` when nothing matches."""
+    if call.response_id is not None or not call.usage_known:
+        return None
+    for candidate in recorded:
+        same_usage = (candidate.input_tokens, candidate.output_tokens) == (call.input_tokens, call.output_tokens)
+        models = (call.model or "", candidate.model or "")
+        if same_usage and (not all(models) or models[0].startswith(models[1]) or models[1].startswith(models[0])):
+            return candidate.response_id
+    return None
 
 
 def measure(

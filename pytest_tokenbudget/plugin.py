@@ -87,7 +87,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--tokenbudget-prune",
         action="store_true",
-        help="with --tokenbudget-update-baseline: drop entries of tests not measured in this session",
+        help="with --tokenbudget-update-baseline: drop entries of tests that no longer exist (under the paths "
+        "collected; refused together with -k/-m/--deselect/--lf/--sw)",
     )
     group.addoption(
         "--tokenbudget-compare-fail",
@@ -218,8 +219,14 @@ def _baseline_options(config: pytest.Config) -> baseline.Options:
             f"--tokenbudget-compare-fail): {err}"
         ) from None
     update = bool(config.getoption("--tokenbudget-update-baseline"))
-    if config.getoption("--tokenbudget-prune") and not update:
-        raise pytest.UsageError("--tokenbudget-prune only works together with --tokenbudget-update-baseline")
+    prune = None
+    if config.getoption("--tokenbudget-prune"):
+        if not update:
+            raise pytest.UsageError("--tokenbudget-prune only works together with --tokenbudget-update-baseline")
+        try:  # only entries under the collected paths, and never after a test selection
+            prune = baseline.prune_scope(config.option, config.args, config.invocation_params.dir, config.rootpath)
+        except baseline.BaselineError as err:
+            raise pytest.UsageError(str(err)) from None
     try:
         entries = baseline.load(path)
     except baseline.BaselineError as err:
@@ -233,7 +240,7 @@ def _baseline_options(config: pytest.Config) -> baseline.Options:
         tolerances=tolerances,
         strict=bool(config.getoption("--tokenbudget-strict")),
         update=update,
-        prune=bool(config.getoption("--tokenbudget-prune")),
+        prune=prune,
         display=_display_path(path, config.rootpath),
     )
 
@@ -325,12 +332,15 @@ class TokenBudgetPlugin:
         from .capture import CaptureError
         from .cassettes import CassetteError
 
-        run = self._new_run(item)
+        try:
+            run = self._new_run(item)
+        except budgets.LimitError as err:  # a marker added after collection (e.g. by a conftest hook)
+            raise pytest.fail.Exception(f"{item.nodeid}: @pytest.mark.{MARKER}: {err}", pytrace=False) from None
         try:
             run.start()
         except (CaptureError, CassetteError) as err:
             run.stop()
-            pytest.fail(str(err), pytrace=False)
+            raise pytest.fail.Exception(str(err), pytrace=False) from None
         item.stash[RUN_KEY] = run
 
     @pytest.hookimpl(wrapper=True)
@@ -393,9 +403,9 @@ class TokenBudgetPlugin:
             item.user_properties.append(("tokenbudget.baseline", test_result.baseline["status"]))
         if call_outcome == "passed" and run.misses:
             pytest.fail("\n\n".join(run.misses), pytrace=False)
-        if call_outcome == "passed" and test_result.violations:
-            # Spent during teardown (a fixture's finaliser): the call phase could not see it.
-            fail_budget(run.failure_message(measurement, run.violations(measurement)))
+        over = run.violations(measurement) if call_outcome == "passed" else []
+        if over:  # spent during teardown (a fixture's finaliser): the call phase could not see it
+            fail_budget(run.failure_message(measurement, over))
         regression = run.regression(measurement) if call_outcome == "passed" else None
         if regression is not None:
             fail_budget(regression.message())
@@ -503,7 +513,7 @@ class TokenBudget:
         try:
             checked = budgets.validate_limits(limits)
         except budgets.LimitError as err:
-            pytest.fail(f"tokenbudget.scenario({name!r}): {err}", pytrace=False)
+            raise pytest.fail.Exception(f"tokenbudget.scenario({name!r}): {err}", pytrace=False) from None
         span_mark, http_mark = len(self._run.capture.spans()), len(self._run.interactions())
         yield self
         measurement = self._run.measure(span_mark, http_mark)

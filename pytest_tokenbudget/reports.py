@@ -128,17 +128,52 @@ def write(path: Path, text: str) -> None:
     write_atomic(path, text)
 
 
+_OPTIONAL_LISTS = ("violations", "warnings", "notes", "top_calls", "scenarios")
+
+
+def _check_figures(where: str, figures: Any, name: str) -> None:
+    if not isinstance(figures, dict):
+        raise ReportError(f"{where}: {name} must be an object of figures, not {figures!r}")
+    for key, value in figures.items():
+        if value is not None and not baseline.is_number(value):
+            raise ReportError(f"{where}: {name}.{key} = {value!r} is not a number or null")
+
+
+def _check_test(source: str, nodeid: str, entry: Any) -> None:
+    """One test entry has the shape the readers rely on (`TEST_KEYS`, numbers where figures are)."""
+    where = f"{source}: test {nodeid!r}"
+    if not isinstance(entry, dict):
+        raise ReportError(f"{where} must be an object")
+    missing = [key for key in TEST_KEYS if key not in entry]
+    if missing:
+        raise ReportError(f"{where} lacks {', '.join(missing)}")
+    _check_figures(where, entry["usage"], "usage")
+    _check_figures(where, entry["metrics"], "metrics")
+    if not isinstance(entry["limits"], dict):
+        raise ReportError(f"{where}: limits = {entry['limits']!r} must be an object")
+    for key in ("status", "outcome"):
+        if not isinstance(entry[key], str):
+            raise ReportError(f"{where}: {key} = {entry[key]!r} must be a string")
+    for key in ("findings", *_OPTIONAL_LISTS):
+        if key in entry and not isinstance(entry[key], list):
+            raise ReportError(f"{where}: {key} = {entry[key]!r} must be a list")
+    compared = entry["baseline"]
+    if compared is not None and not (isinstance(compared, dict) and isinstance(compared.get("status"), str)):
+        raise ReportError(f"{where}: baseline = {compared!r} must be null or an object with a status")
+
+
 def parse(text: str, source: str) -> dict[str, Any]:
-    """A report document from its text; `ReportError` names ``source`` and what is wrong."""
+    """A report document from its text; `ReportError` names ``source`` and what is wrong (a test entry without
+    its keys, a figure that is not a number or null, settings that are not an object ...)."""
     doc, tests = baseline.read_document(text, source, kind="report", schema=SCHEMA, version=VERSION, error=ReportError)
+    for key in ("settings", "totals", TIMING_KEY):
+        if key in doc and not isinstance(doc[key], dict):
+            raise ReportError(f"{source}: {key} = {doc[key]!r} must be an object")
+    tolerance = doc.get("settings", {}).get("tolerance")
+    if tolerance is not None and not isinstance(tolerance, dict):
+        raise ReportError(f"{source}: settings.tolerance = {tolerance!r} must be an object")
     for nodeid, entry in tests.items():
-        if not isinstance(entry, dict):
-            raise ReportError(f"{source}: test {nodeid!r} must be an object")
-        missing = [key for key in TEST_KEYS if key not in entry]
-        if missing:
-            raise ReportError(f"{source}: test {nodeid!r} lacks {', '.join(missing)}")
-        if not isinstance(entry["usage"], dict) or not isinstance(entry["metrics"], dict):
-            raise ReportError(f"{source}: test {nodeid!r}: usage and metrics must be objects")
+        _check_test(source, nodeid, entry)
     return doc
 
 
@@ -150,21 +185,44 @@ def load(path: Path) -> dict[str, Any]:
     return parse(text, str(path))
 
 
+def _settings_conflict(first: tuple[str, Mapping[str, Any]], other: tuple[str, Mapping[str, Any]]) -> str | None:
+    """Why two shards' settings disagree (the first differing setting, with both values), or ``None``."""
+    (first_source, mine), (other_source, theirs) = first, other
+
+    def spelled(settings: Mapping[str, Any], key: str) -> str:
+        return json.dumps(settings[key], sort_keys=True, ensure_ascii=False) if key in settings else "(absent)"
+
+    for key in sorted(set(mine) | set(theirs)):
+        if spelled(mine, key) != spelled(theirs, key):
+            return (
+                f"{first_source} and {other_source} were run with different settings: {key} = "
+                f"{spelled(mine, key)} in {first_source}, {spelled(theirs, key)} in {other_source}"
+            )
+    return None
+
+
 def merge(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """One report from several shards' reports (``(source, document)`` pairs). A node id found in two shards
-    is an error naming both files: the shards would disagree about what the test spent."""
+    is an error naming both files: the shards would disagree about what the test spent. So are shards run with
+    different settings (tolerance, baseline ...): one merged report states one set of settings."""
     tests: dict[str, Any] = {}
     origin: dict[str, str] = {}
     shards = []
-    settings: dict[str, Any] = {}
+    first: tuple[str, dict[str, Any]] | None = None
     for source, doc in docs:
+        settings = dict(doc.get("settings") or {})
+        if first is None:
+            first = (source, settings)
+        conflict = _settings_conflict(first, (source, settings))
+        if conflict:
+            raise ReportError(conflict)
         for nodeid, entry in doc["tests"].items():
             if nodeid in tests:
                 raise ReportError(f"test {nodeid!r} is in both {origin[nodeid]} and {source}")
             tests[nodeid] = entry
             origin[nodeid] = source
-        settings = settings or dict(doc.get("settings") or {})
         shards.append({"source": source, **dict(doc.get(TIMING_KEY) or {})})
+    settings = first[1] if first is not None else {}
     ordered = {k: tests[k] for k in sorted(tests)}
     return {
         "schema": SCHEMA,
@@ -225,7 +283,8 @@ def baseline_update(results: Sequence[TestResult], options: baseline.Options, co
         for r in results
         if r.outcome == "passed" and r.status != STATUS_OVER
     }
-    return baseline.updated(options.entries, fresh, [r.nodeid for r in results], prune=options.prune and complete)
+    prune = options.prune if complete else None
+    return baseline.updated(options.entries, fresh, [r.nodeid for r in results], prune=prune)
 
 
 def write_session_files(
@@ -255,11 +314,11 @@ def write_session_files(
             ok = False
             messages.append(f"tokenbudget: cannot write the {what} {path}: {err}")
 
-    if options.update and (ordered or (options.prune and complete)):
+    if options.update and (ordered or (options.prune is not None and complete)):
         update = baseline_update(ordered, options, complete)
         attempt("baseline", options.path, lambda: baseline.save(options.path, update.entries))
         messages.append(update.summary(options.display or options.path))
-        if options.prune and not complete:
+        if options.prune is not None and not complete:
             messages.append("tokenbudget baseline not pruned: the session did not run to its end")
     if json_path:
         doc = document(

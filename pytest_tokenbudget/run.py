@@ -110,7 +110,9 @@ class TestRun:
 
     def result(self, measurement: Measurement, compared: bool = True) -> TestResult:
         """The verdict; ``compared=False`` (the test body never ran: skipped, setup failed) skips the baseline."""
-        violations = self.violations(measurement)
+        violations = [v.message for v in self.violations(measurement)]
+        # A scenario over its own limits failed the test: the test is over budget too.
+        violations += [f"scenario {sc['name']!r} {v}" for sc in self.scenarios for v in sc["violations"]]
         figures = measurement.figures()
         ratios = budgets.usage_ratios(self.limits, figures)
         warnings = [
@@ -137,7 +139,7 @@ class TestRun:
             limits=dict(self.limits),
             metrics=dict(measurement.analysis.metrics),
             findings=measurement.analysis.as_dict()["findings"],
-            violations=[v.message for v in violations] + self.misses,
+            violations=violations + self.misses,
             warnings=warnings,
             top_calls=[CallSummary.of(c) for c in measurement.top_calls()],
             scenarios=list(self.scenarios),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields, replace
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -272,16 +273,16 @@ def merge_duplicates(calls: Sequence[LLMCall]) -> list[LLMCall]:
             order.append(call)
             continue
         if call.response_id in merged:
-            merged[call.response_id] = _fill(merged[call.response_id], call)
+            merged[call.response_id] = fill_missing(merged[call.response_id], call)
         else:
             merged[call.response_id] = call
             order.append(call.response_id)
     return [merged[item] if isinstance(item, str) else item for item in order]
 
 
-def _fill(primary: LLMCall, other: LLMCall) -> LLMCall:
-    from dataclasses import fields, replace
-
+def fill_missing(primary: LLMCall, other: LLMCall) -> LLMCall:
+    """``primary`` (one response as one source saw it) completed with what ``other`` (the same response seen
+    elsewhere) knows and it does not."""
     updates: dict[str, Any] = {}
     for f in fields(LLMCall):
         mine, theirs = getattr(primary, f.name), getattr(other, f.name)

@@ -38,6 +38,7 @@ __all__ = [
     "interaction_from_vcr",
     "iter_sse",
     "load_cassette",
+    "read_interaction",
 ]
 
 ANTHROPIC = "anthropic"
@@ -100,6 +101,33 @@ def _int(value: Any) -> int | None:
     return int(value)
 
 
+def _count(parsed: _Parsed, usage: Mapping[str, Any], key: str, where: str = "usage") -> int | None:
+    """A token count of a usage object; a value that is no whole number >= 0 is unknown (``None``), never used,
+    and noted in ``parsed.faults`` naming the field. An absent or null field is simply unknown."""
+    value = usage.get(key)
+    if value is None:
+        return None
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole:
+        parsed.faults.append(f"{where}.{key} = {value!r} is not a whole number: treated as unknown")
+        return None
+    if value < 0:
+        parsed.faults.append(f"{where}.{key} = {value!r} is negative: treated as unknown")
+        return None
+    return int(value)
+
+
+def _usage_object(parsed: _Parsed, usage: Any) -> Mapping[str, Any]:
+    """The usage object; its absence is noted (unless the body itself was already unreadable)."""
+    if isinstance(usage, Mapping) and usage:
+        return usage
+    if usage not in (None, {}):
+        parsed.faults.append(f"usage = {usage!r} is not an object: treated as unknown")
+    elif not parsed.faults:
+        parsed.faults.append("the response reported no usage")
+    return {}
+
+
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -143,6 +171,8 @@ class _Parsed:
     tools: list[tuple[str, Any, str | None, str | None]] = field(default_factory=list)
     """(name, arguments, call id, error) of each tool call the response requested."""
     error: str | None = None
+    faults: list[str] = field(default_factory=list)
+    """What was wrong with the response (an unreadable body, a bad usage figure), one note per fault."""
 
 
 def _to_call(parsed: _Parsed, request: RequestRecord) -> LLMCall:
@@ -179,22 +209,39 @@ def _to_call(parsed: _Parsed, request: RequestRecord) -> LLMCall:
     )
 
 
+def _body_faults(parsed: _Parsed, response: ResponseRecord) -> None:
+    """Note why a (non-stream) response body cannot be read: still compressed, empty, not JSON, not an object."""
+    if isinstance(response.json, Mapping):
+        return
+    encoding = response.headers.get("content-encoding")  # left in place only when the body was not decoded
+    if encoding and response.json is None:
+        hint = " (install brotli to read it)" if "br" in encoding.lower() else ""
+        parsed.faults.append(f"the response body is {encoding}-encoded and could not be decoded{hint}")
+    elif not response.body:
+        parsed.faults.append("the response body is empty")
+    elif response.json is None:
+        parsed.faults.append(f"the response body is not JSON: {response.text[:40]!r}")
+    elif not isinstance(response.json, Mapping):
+        parsed.faults.append(f"the response body is a JSON {type(response.json).__name__}, not an object")
+
+
 # --- Anthropic ---------------------------------------------------------------------------------------------------
 
 
 def _anthropic_usage(parsed: _Parsed, usage: Any) -> None:
     """Raw Anthropic usage -> semconv: input = input_tokens + cache_read + cache_creation."""
-    usage = _mapping(usage)
-    raw_input = _int(usage.get("input_tokens"))
-    cache_read = _int(usage.get("cache_read_input_tokens"))
-    cache_write = _int(usage.get("cache_creation_input_tokens"))
+    usage = _usage_object(parsed, usage)
+    raw_input = _count(parsed, usage, "input_tokens")
+    cache_read = _count(parsed, usage, "cache_read_input_tokens")
+    cache_write = _count(parsed, usage, "cache_creation_input_tokens")
     if cache_write is None and isinstance(usage.get("cache_creation"), Mapping):
-        parts = [_int(v) for v in usage["cache_creation"].values()]
+        creation = usage["cache_creation"]
+        parts = [_count(parsed, creation, str(k), "usage.cache_creation") for k in creation]
         cache_write = sum(p for p in parts if p is not None) if any(p is not None for p in parts) else None
     parsed.input_tokens = None if raw_input is None else raw_input + (cache_read or 0) + (cache_write or 0)
     parsed.cache_read_tokens = cache_read
     parsed.cache_write_tokens = cache_write
-    parsed.output_tokens = _int(usage.get("output_tokens"))
+    parsed.output_tokens = _count(parsed, usage, "output_tokens")
 
 
 def _anthropic_content(parsed: _Parsed, content: Any) -> None:
@@ -277,6 +324,7 @@ def _anthropic_messages(response: ResponseRecord) -> _Parsed:
     if response.is_event_stream:
         message, parsed.error = _anthropic_stream(response)
     else:
+        _body_faults(parsed, response)
         message = dict(_mapping(response.json))
         if message.get("type") == "error":
             parsed.error = _error_type(message, "error")
@@ -319,20 +367,19 @@ def _anthropic_complete(response: ResponseRecord) -> _Parsed:
 
 def _openai_usage(parsed: _Parsed, usage: Any) -> None:
     """Chat Completions (prompt/completion_tokens) or Responses (input/output_tokens) usage; input incl. cache."""
-    usage = _mapping(usage)
+    usage = _usage_object(parsed, usage)
     if "prompt_tokens" in usage or "completion_tokens" in usage:
-        parsed.input_tokens = _int(usage.get("prompt_tokens"))
-        parsed.output_tokens = _int(usage.get("completion_tokens"))
-        input_details = _mapping(usage.get("prompt_tokens_details"))
-        output_details = _mapping(usage.get("completion_tokens_details"))
+        parsed.input_tokens = _count(parsed, usage, "prompt_tokens")
+        parsed.output_tokens = _count(parsed, usage, "completion_tokens")
+        details = ("prompt_tokens_details", "completion_tokens_details")
     else:
-        parsed.input_tokens = _int(usage.get("input_tokens"))
-        parsed.output_tokens = _int(usage.get("output_tokens"))
-        input_details = _mapping(usage.get("input_tokens_details"))
-        output_details = _mapping(usage.get("output_tokens_details"))
-    parsed.cache_read_tokens = _int(input_details.get("cached_tokens"))
-    parsed.cache_write_tokens = _int(input_details.get("cache_write_tokens"))
-    parsed.reasoning_tokens = _int(output_details.get("reasoning_tokens"))
+        parsed.input_tokens = _count(parsed, usage, "input_tokens")
+        parsed.output_tokens = _count(parsed, usage, "output_tokens")
+        details = ("input_tokens_details", "output_tokens_details")
+    input_details, output_details = (_mapping(usage.get(key)) for key in details)
+    parsed.cache_read_tokens = _count(parsed, input_details, "cached_tokens", f"usage.{details[0]}")
+    parsed.cache_write_tokens = _count(parsed, input_details, "cache_write_tokens", f"usage.{details[0]}")
+    parsed.reasoning_tokens = _count(parsed, output_details, "reasoning_tokens", f"usage.{details[1]}")
 
 
 def _message_text(content: Any) -> str | None:
@@ -419,6 +466,7 @@ def _openai_chat(response: ResponseRecord, operation: str = "chat") -> _Parsed:
     if response.is_event_stream:
         body, parsed.error = _openai_chat_stream(response)
     else:
+        _body_faults(parsed, response)
         body = dict(_mapping(response.json))
         if body.get("error") and not body.get("choices"):
             parsed.error = _error_type(body, "error")
@@ -470,6 +518,7 @@ def _openai_responses(response: ResponseRecord) -> _Parsed:
                 final = _mapping(data.get("response"))
         _openai_response_object(parsed, final)
         return parsed
+    _body_faults(parsed, response)
     body = _mapping(response.json)
     if isinstance(body.get("error"), Mapping) and "output" not in body:
         parsed.error = _error_type(body, "error")
@@ -528,15 +577,21 @@ def call_from_interaction(interaction: Interaction) -> LLMCall | None:
     """The model call recorded in one interaction, or ``None`` when it is not a generation (count_tokens,
     model lists, fetched images ...). Errors give a call with ``error`` set and no usage; a response without a
     usage object gives a call whose usage is unknown (``None``)."""
+    return read_interaction(interaction)[0]
+
+
+def read_interaction(interaction: Interaction) -> tuple[LLMCall | None, tuple[str, ...]]:
+    """`call_from_interaction`'s call, and a note per fault of the response that left a figure unknown (a body
+    that is not JSON or cannot be decompressed, a negative or fractional token count ...)."""
     request, response = interaction.request, interaction.response
     if request.method.upper() != "POST":
-        return None
+        return None, ()
     path = request.path.rstrip("/")
     if path.endswith("/count_tokens"):  # a token count, not a generation: it costs nothing
-        return None
+        return None, ()
     api = _api_by_path(path) or _api_by_shape(response)
     if api is None:
-        return None
+        return None, ()
     if response.status >= 400:
         parsed = _error_parsed(api, response)
     elif api == "anthropic_messages":
@@ -549,7 +604,7 @@ def call_from_interaction(interaction: Interaction) -> LLMCall | None:
         parsed = _openai_chat(response, operation="text_completion")
     else:
         parsed = _openai_responses(response)
-    return _to_call(parsed, request)
+    return _to_call(parsed, request), tuple(parsed.faults)
 
 
 def calls_from_cassette(path: str | PathLike[str]) -> list[LLMCall]:

@@ -3,6 +3,7 @@ session, and a writer that is SIGKILLed mid-write never leaving a truncated file
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -314,8 +315,44 @@ def test_updated_replaces_keeps_and_prunes() -> None:
     kept = baseline.updated(old, fresh, ran=["t::a", "t::new", "t::b"])
     assert kept.entries == {**old, **fresh}
     assert kept.skipped == ("t::b",)  # ran but did not pass: old entry kept
-    pruned = baseline.updated(old, fresh, ran=["t::a", "t::new", "t::b"], prune=True)
+    everything = baseline.prune_scope(argparse.Namespace(), ["."], Path("/repo"), Path("/repo"))
+    pruned = baseline.updated(old, fresh, ran=["t::a", "t::new", "t::b"], prune=everything)
     assert sorted(pruned.entries) == ["t::a", "t::b", "t::new"] and pruned.pruned == ("t::gone",)
+    elsewhere = baseline.prune_scope(argparse.Namespace(), ["other"], Path("/repo"), Path("/repo"))
+    assert baseline.updated(old, fresh, ran=["t::a"], prune=elsewhere).pruned == ()
+
+
+def test_prune_scope_is_the_collected_paths() -> None:
+    root = Path("/repo")
+    option = argparse.Namespace(ignore=["examples/slow"], ignore_glob=["*_flaky.py"])
+    args = ["examples", "tests/test_x.py::TestA", "tests/test_y.py::test_p[1]", "../shared/test_s.py"]
+    scope = baseline.prune_scope(option, args, root, root)
+    covered = {
+        "examples/test_a.py::test_one": True,
+        "examples/deep/test_b.py::TestB::test_two[x]": True,
+        "examples2/test_a.py::test_one": False,  # a sibling folder whose name starts the same
+        "tests/test_z.py::test_one": False,  # `pytest examples` never prunes tests/
+        "tests/test_x.py::TestA::test_one": True,
+        "tests/test_x.py::TestAB::test_one": False,
+        "tests/test_x.py::test_free": False,
+        "tests/test_y.py::test_p[1]": True,
+        "tests/test_y.py::test_p[2]": False,
+        "examples/slow/test_s.py::test_one": False,  # --ignore
+        "examples/test_flaky.py::test_one": False,  # --ignore-glob
+        "../shared/test_s.py::test_one": True,  # node ids of files outside the rootdir
+    }
+    assert {nodeid: scope.covers(nodeid) for nodeid in covered} == covered
+    # arguments are relative to the invocation folder, node ids to the rootdir
+    from_examples = baseline.prune_scope(argparse.Namespace(), ["test_a.py"], root / "examples", root)
+    assert from_examples.covers("examples/test_a.py::test_one") and not from_examples.covers("test_a.py::test_one")
+
+
+@pytest.mark.parametrize(("dest", "flag"), baseline.SELECTION_OPTIONS)
+def test_prune_refuses_test_selection(dest: str, flag: str) -> None:
+    with pytest.raises(BaselineError, match=f"^--tokenbudget-prune cannot be combined with {flag}: "):
+        baseline.prune_scope(argparse.Namespace(**{dest: ["x"]}), ["."], Path("/repo"), Path("/repo"))
+    unset = {"keyword": "", "markexpr": "", "deselect": None, "lf": False, "collectonly": False}
+    baseline.prune_scope(argparse.Namespace(**unset), ["."], Path("/repo"), Path("/repo"))
 
 
 # --- a real pytest session -----------------------------------------------------------------------------------
@@ -460,6 +497,57 @@ def test_update_keeps_other_entries_and_prune_drops_them(pytester: pytest.Pytest
     result = run(pytester, "--tokenbudget-update-baseline", "--tokenbudget-prune")
     result.stdout.fnmatch_lines(["tokenbudget baseline ci/budget.json: 2 written, 0 kept, 1 pruned"])
     assert sorted(json.loads(path.read_text())["tests"]) == ["test_inner.py::test_alpha", "test_inner.py::test_beta"]
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["-k", "alpha"], "-k"),
+        (["-m", "slow"], "-m"),
+        (["--deselect", "test_inner.py::test_beta"], "--deselect"),
+        (["--lf"], "--last-failed"),
+        (["--sw"], "--stepwise"),
+        (["--sw-skip"], "--stepwise-skip"),
+        (["--co"], "--collect-only"),
+    ],
+)
+def test_prune_with_a_test_selection_is_a_usage_error(pytester: pytest.Pytester, args: list[str], flag: str) -> None:
+    """The audit's case: ``--tokenbudget-prune -k "..."`` dropped the entries of tests -k merely left out."""
+    make_suite(pytester)
+    run(pytester, "--tokenbudget-update-baseline").assert_outcomes(passed=2)
+    before = (pytester.path / "tokenbudget-baseline.json").read_text()
+    # with the cache plugin: --lf and --sw need it
+    result = pytester.runpytest("--tokenbudget-update-baseline", "--tokenbudget-prune", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --tokenbudget-prune cannot be combined with {flag}: *"])
+    assert (pytester.path / "tokenbudget-baseline.json").read_text() == before
+
+
+def test_prune_drops_only_entries_under_the_collected_paths(pytester: pytest.Pytester) -> None:
+    """``pytest examples --tokenbudget-prune`` prunes gone tests of examples/ only; ``file::test`` only that test."""
+    pytester.makeini("[pytest]\n")
+    for folder, name in (("examples", "test_ex.py"), ("tests", "test_t.py")):
+        (pytester.path / folder).mkdir()
+        (pytester.path / folder / name).write_text(INNER)
+        (pytester.path / folder / "figures.json").write_text(json.dumps(FIGURES))
+    run(pytester, "--tokenbudget-update-baseline").assert_outcomes(passed=4)
+    path = pytester.path / "tokenbudget-baseline.json"
+    tests = baseline.load(path)
+    live = sorted(tests)
+    gone = ["examples/test_ex.py::test_removed", "tests/test_t.py::test_removed", "tests/test_t.py::test_alpha[gone]"]
+    baseline.save(path, {**tests, **{nodeid: tests["tests/test_t.py::test_beta"] for nodeid in gone}})
+
+    result = run(pytester, "examples", "--tokenbudget-update-baseline", "--tokenbudget-prune")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["tokenbudget baseline tokenbudget-baseline.json: 2 written, 4 kept, 1 pruned"])
+    assert sorted(baseline.load(path)) == sorted([*live, *gone[1:]])
+
+    result = run(pytester, "tests/test_t.py::test_alpha", "--tokenbudget-update-baseline", "--tokenbudget-prune")
+    result.assert_outcomes(passed=1)
+    assert sorted(baseline.load(path)) == sorted([*live, gone[1]])  # test_t.py::test_removed is not test_alpha's
+
+    run(pytester, "--tokenbudget-update-baseline", "--tokenbudget-prune").assert_outcomes(passed=4)
+    assert sorted(baseline.load(path)) == live
 
 
 def test_prune_is_skipped_when_the_session_stopped_early(pytester: pytest.Pytester) -> None:

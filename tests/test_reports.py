@@ -357,6 +357,57 @@ def test_report_shapes_are_checked_when_read(tmp_path: Path) -> None:
     assert reports.load(path)["tests"]["t::a"]["usage"] == {"total_tokens": 1}
 
 
+def _with_test(**fields: Any) -> dict[str, Any]:
+    doc = reports.document([Result("t::a", usage={"total_tokens": 1, "cost_usd": None}, metrics={"resends": 0})])
+    doc["tests"]["t::a"].update(fields)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "fault"),
+    [
+        (_with_test(usage={"total_tokens": "abc"}), "test 't::a': usage.total_tokens = 'abc' is not a number or null"),
+        (_with_test(usage={"total_tokens": True}), "test 't::a': usage.total_tokens = True is not a number or null"),
+        (_with_test(usage=[1]), "test 't::a': usage must be an object of figures, not [1]"),
+        (_with_test(metrics={"resends": "0"}), "test 't::a': metrics.resends = '0' is not a number or null"),
+        (
+            _with_test(metrics={"cache_hit_rate": float("inf")}),
+            "test 't::a': metrics.cache_hit_rate = inf is not a number or null",
+        ),
+        (_with_test(limits="total_tokens=1"), "test 't::a': limits = 'total_tokens=1' must be an object"),
+        (_with_test(status=None), "test 't::a': status = None must be a string"),
+        (_with_test(outcome=1), "test 't::a': outcome = 1 must be a string"),
+        (_with_test(findings={}), "test 't::a': findings = {} must be a list"),
+        (_with_test(warnings="x"), "test 't::a': warnings = 'x' must be a list"),
+        (_with_test(baseline="same"), "test 't::a': baseline = 'same' must be null or an object with a status"),
+        ({**_with_test(), "settings": "zzz"}, "settings = 'zzz' must be an object"),
+        ({**_with_test(), "timing": []}, "timing = [] must be an object"),
+        ({**_with_test(), "settings": {"tolerance": "5%"}}, "settings.tolerance = '5%' must be an object"),
+    ],
+)
+def test_report_figures_and_settings_are_checked_when_read(tmp_path: Path, doc: dict[str, Any], fault: str) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(reports.ReportError) as err:
+        reports.load(path)
+    assert str(err.value) == f"{path}: {fault}"
+
+
+def test_merge_refuses_shards_with_different_settings() -> None:
+    def shard(**settings: Any) -> dict[str, Any]:
+        return reports.document([], settings={"strict": False, "warn_ratio": 0.8, **settings})
+
+    merged = reports.merge([("a.json", shard()), ("b.json", shard())])
+    assert merged["settings"] == {"strict": False, "warn_ratio": 0.8}
+    with pytest.raises(reports.ReportError) as err:
+        reports.merge([("a.json", shard()), ("b.json", shard()), ("c.json", shard(warn_ratio=0.5))])
+    assert str(err.value) == (
+        "a.json and c.json were run with different settings: warn_ratio = 0.8 in a.json, 0.5 in c.json"
+    )
+    with pytest.raises(reports.ReportError, match=r"^a\.json and b\.json .*: baseline = \(absent\) in a\.json"):
+        reports.merge([("a.json", shard()), ("b.json", shard(baseline="ci/b.json"))])
+
+
 # --- Markdown and the GitHub step summary --------------------------------------------------------------------
 
 

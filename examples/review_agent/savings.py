@@ -35,20 +35,26 @@ class Saving:
         return 100.0 * self.amount / self.wasteful if self.wasteful else 0.0
 
 
-def uncached_input(usage: Mapping[str, Any]) -> int:
-    """Input tokens not read from cache (cache writes included: they are billed above the base rate)."""
-    return int(usage["input_tokens"]) - int(usage.get("cache_read_tokens") or 0)
+NOT_READ_FROM_CACHE = "input tokens not read from cache"
+"""Input minus cache reads: the complement of the hit rate. Cache writes count here (billed above the base rate)."""
+
+REQUIRED = ("total_tokens", "input_tokens", "cache_read_tokens", "cost_usd")
+
+
+def not_read_from_cache(usage: Mapping[str, Any]) -> int:
+    """Input tokens the model did not read from the prompt cache: uncached input plus cache writes."""
+    return int(usage["input_tokens"]) - int(usage["cache_read_tokens"])
 
 
 def savings(wasteful: Mapping[str, Any], tuned: Mapping[str, Any]) -> dict[str, Saving]:
-    """Total tokens, uncached input tokens and cost, wasteful vs tuned. Raises ``ValueError`` on unknown figures."""
+    """Total tokens, input not read from cache, and cost, wasteful vs tuned. ``ValueError`` on unknown figures."""
     for name, usage in (("wasteful", wasteful), ("tuned", tuned)):
-        missing = [key for key in ("total_tokens", "input_tokens", "cost_usd") if usage.get(key) is None]
+        missing = [key for key in REQUIRED if usage.get(key) is None]
         if missing:
             raise ValueError(f"the {name} run's {', '.join(missing)} is unknown: nothing to compare")
     return {
         "tokens": Saving(float(wasteful["total_tokens"]), float(tuned["total_tokens"])),
-        "uncached input tokens": Saving(float(uncached_input(wasteful)), float(uncached_input(tuned))),
+        NOT_READ_FROM_CACHE: Saving(float(not_read_from_cache(wasteful)), float(not_read_from_cache(tuned))),
         "cost": Saving(float(wasteful["cost_usd"]), float(tuned["cost_usd"])),
     }
 
@@ -59,7 +65,7 @@ def _row(name: str, usage: Mapping[str, Any]) -> list[str]:
         name,
         str(usage["llm_calls"]),
         f"{usage['input_tokens']:,}",
-        f"{usage.get('cache_read_tokens') or 0:,}",
+        f"{usage['cache_read_tokens']:,}",
         f"{usage['output_tokens']:,}",
         f"{usage['total_tokens']:,}",
         "-" if rate is None else f"{rate:.0%}",
@@ -71,6 +77,7 @@ def comparison_lines(
     wasteful: Mapping[str, Any], tuned: Mapping[str, Any], findings: Sequence[Mapping[str, Any]]
 ) -> list[str]:
     """The report: per scenario tokens and cost, the wasteful run's findings, and what tuning saved."""
+    saved = savings(wasteful, tuned)  # first: it rejects unknown figures before the table formats them
     table = tabulate(
         [_row("wasteful", wasteful), _row("tuned", tuned)],
         headers=["scenario", "calls", "input", "cache read", "output", "total tokens", "hit rate", "cost"],
@@ -84,7 +91,7 @@ def comparison_lines(
             lines.append(f"     {finding['summary']}")
             lines += [f"         {detail}" for detail in list(finding.get("details") or [])[:3]]
     lines.append("")
-    for name, saving in savings(wasteful, tuned).items():
+    for name, saving in saved.items():
         if name == "cost":
             amount = f"${saving.amount:.4f} of ${saving.wasteful:.4f}"
         else:
