@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import baseline, reports
+from .records import sum_or_unknown
 from .report import fmt_cost, fmt_int, fmt_rate
 
 CASSETTE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -332,12 +333,8 @@ def _minus(new: Any, old: Any) -> Any:
     return round(change, 8) if isinstance(change, float) else change
 
 
-def _sum(values: Sequence[Any]) -> Any:
-    return None if any(v is None for v in values) else sum(values)
-
-
 def _sums(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    sums = {k: _sum([v.get(k) for v in items]) for k in DIFF_KEYS}
+    sums = {k: sum_or_unknown(v.get(k) for v in items) for k in DIFF_KEYS}
     if sums["cost_usd"] is not None:
         sums["cost_usd"] = round(sums["cost_usd"], 8)
     return sums

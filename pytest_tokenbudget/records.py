@@ -100,8 +100,9 @@ class LLMCall:
         return self.input_tokens + self.output_tokens
 
 
-def _sum(values: Iterable[int | None]) -> int | None:
-    total = 0
+def sum_or_unknown(values: Iterable[Any]) -> Any:
+    """The sum, or ``None`` when any part is unknown: a total over an unknown figure is unknown, not smaller."""
+    total: Any = 0
     for value in values:
         if value is None:
             return None
@@ -160,11 +161,11 @@ class Usage:
         unknown = [c for c in known if not c.usage_known]
         costs = [c.cost_usd for c in known]
         return cls(
-            input_tokens=_sum(c.input_tokens for c in known),
-            output_tokens=_sum(c.output_tokens for c in known),
-            cache_read_tokens=_sum(c.cache_read_tokens or 0 if c.usage_known else None for c in known),
-            cache_write_tokens=_sum(c.cache_write_tokens or 0 if c.usage_known else None for c in known),
-            reasoning_tokens=_sum(c.reasoning_tokens or 0 if c.usage_known else None for c in known),
+            input_tokens=sum_or_unknown(c.input_tokens for c in known),
+            output_tokens=sum_or_unknown(c.output_tokens for c in known),
+            cache_read_tokens=sum_or_unknown(c.cache_read_tokens or 0 if c.usage_known else None for c in known),
+            cache_write_tokens=sum_or_unknown(c.cache_write_tokens or 0 if c.usage_known else None for c in known),
+            reasoning_tokens=sum_or_unknown(c.reasoning_tokens or 0 if c.usage_known else None for c in known),
             cost_usd=None if any(v is None for v in costs) else float(sum(v for v in costs if v is not None)),
             llm_calls=len(known),
             tool_calls=len(list(tools)),

@@ -7,6 +7,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from .records import sum_or_unknown
 from .result import STATUS_OVER, STATUS_REGRESSED, STATUS_WARN, TestResult
 
 HEADERS = (
@@ -56,10 +57,7 @@ def status_text(result: TestResult) -> str:
 
 def _total(results: Sequence[TestResult], key: str) -> Any:
     # Node-id order: float sums must not depend on the order xdist workers finished in.
-    values = [r.usage.get(key) for r in sorted(results, key=lambda r: r.nodeid)]
-    if any(v is None for v in values):
-        return None
-    return sum(values)
+    return sum_or_unknown(r.usage.get(key) for r in sorted(results, key=lambda r: r.nodeid))
 
 
 def delta_text(result: TestResult) -> str:

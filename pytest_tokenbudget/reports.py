@@ -18,6 +18,7 @@ from typing import Any
 from tabulate import tabulate
 
 from . import baseline
+from .records import sum_or_unknown
 from .report import HEADERS, rows, sections, totals
 from .result import STATUS_OVER, STATUS_REGRESSED, TestResult
 
@@ -45,18 +46,9 @@ class ReportError(ValueError):
     """A report file that cannot be read or is not a pytest-tokenbudget report; names the file and the fault."""
 
 
-def _sum(values: Iterable[Any]) -> Any:
-    total: Any = 0
-    for value in values:
-        if value is None:
-            return None
-        total += value
-    return total
-
-
 def usage_totals(usages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Summed usage (``None`` where any test's figure is unknown) and the overall cache hit rate."""
-    summed = {key: _sum(u.get(key, 0) for u in usages) for key in SUM_KEYS}
+    summed = {key: sum_or_unknown(u.get(key, 0) for u in usages) for key in SUM_KEYS}
     if summed["cost_usd"] is not None:
         summed["cost_usd"] = round(summed["cost_usd"], 8)
     inputs, reads = summed["input_tokens"], summed["cache_read_tokens"]
