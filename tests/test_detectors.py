@@ -15,7 +15,6 @@ import pytest
 import tiktoken
 
 from pytest_tokenbudget import tokens
-from pytest_tokenbudget.capture import CONTENT_MODE_ENV
 from pytest_tokenbudget.detectors import (
     CACHE_POSITION_TOLERANCE,
     LIMIT_KEYS,
@@ -907,13 +906,9 @@ def test_usage_and_content_unknown():
 '''
 
 
-def test_rate_budgets_pass_with_nothing_to_measure_and_fail_when_unknown(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_rate_budgets_pass_with_nothing_to_measure_and_fail_when_unknown(pytester: pytest.Pytester) -> None:
     """Through the plugin, in process: no calls and no text are nothing to measure; no usage and no content are
     unknown, and a budget that cannot be checked still fails."""
-    for name in (CONTENT_MODE_ENV, "TOKENBUDGET_RECORD_MODE"):
-        monkeypatch.delenv(name, raising=False)
     plugin = () if any(ep.name == "tokenbudget" for ep in entry_points(group="pytest11")) else PLUGIN_BY_NAME
     pytester.makepyfile(test_rates=RATE_TESTS)
     result = pytester.runpytest_inprocess(*plugin, "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")

@@ -10,7 +10,6 @@ $0.50 per cache-read token and $1.50 per cache-write token for every ``m-*`` mod
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -75,15 +74,6 @@ PRICES_INI = """
 tokenbudget_prices =
     m-* input=1000000 output=2000000 cache_read=500000 cache_write=1500000
 """
-
-
-@pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process inner runs must not leak the plugin's environment changes into this session, nor inherit ours."""
-    for name in (CONTENT_MODE_ENV, "TOKENBUDGET_RECORD_MODE"):
-        monkeypatch.setenv(name, "placeholder")  # remembers the original value (or its absence) for teardown
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 @pytest.fixture

@@ -25,8 +25,6 @@ import vcr  # noqa: F401
 import yaml
 from corpus import CORPUS, PER_INTERACTION, read_manifest
 
-from pytest_tokenbudget.capture import CONTENT_MODE_ENV
-
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_ARGS: tuple[str, ...] = (
     ()
@@ -203,9 +201,6 @@ def test_every_recorded_request_replays_through_the_sdk_with_manifest_usage(
     (pytester.path / "recorded_requests.json").write_text(json.dumps(cases))
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makepyfile(test_replay=INNER_TESTS)
-    for name in (CONTENT_MODE_ENV, "TOKENBUDGET_RECORD_MODE"):
-        monkeypatch.setenv(name, "placeholder")  # restores the original value (or its absence) afterwards
-        monkeypatch.delenv(name)
     monkeypatch.setenv("USAGE_DUMP", str(tmp_path))
 
     result = pytester.runpytest(*PLUGIN_ARGS, "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")

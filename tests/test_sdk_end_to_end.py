@@ -26,7 +26,6 @@ import vcr  # noqa: F401
 import yaml
 
 from examples.emulator import SCENARIOS, Emulator, Reply
-from pytest_tokenbudget.capture import CONTENT_MODE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_ARGS: tuple[str, ...] = (
@@ -193,14 +192,6 @@ def inner_module(
     ):
         text = text.replace(token, repr(value))
     return text
-
-
-@pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (CONTENT_MODE_ENV, "TOKENBUDGET_RECORD_MODE"):
-        monkeypatch.setenv(name, "placeholder")  # remembers the original value (or its absence) for teardown
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 def run(pytester: pytest.Pytester, dump: Path, *args: str, key: str = REPLAY_KEY) -> pytest.RunResult:
